@@ -1,0 +1,7 @@
+"""sfmnet_jax: SFMNet (Spatial-Frequency Mutual Learning for Face Super-resolution) in JAX/Flax."""
+
+from sfmnet_jax.models import SFMNet, count_params, init_generator
+from sfmnet_jax.release_weights import WeightFileError, load_release_weights
+
+__all__ = ["SFMNet", "count_params", "init_generator", "load_release_weights",
+           "WeightFileError"]

@@ -1,0 +1,59 @@
+r"""Converts the authors' released generator weights to an Orbax checkpoint.
+
+  python -m sfmnet_jax.convert RELEASE.pth OUTPUT_DIR [--scale 8] [--step 0]
+
+RELEASE is a PyTorch `.pth` state_dict (read without torch when it is in
+PyTorch's zip format) or an `.npz` of its entries. OUTPUT_DIR becomes an
+Orbax checkpoint directory (see `checkpoints.py`) that `evaluate.py
+--checkpoint`, `sfmnet_jax.infer` and GAN-stage training
+(`--config.init_from`) read.
+"""
+
+import argparse
+import os
+import sys
+
+from sfmnet_jax import checkpoints
+from sfmnet_jax.models import count_params
+from sfmnet_jax.release_weights import WeightFileError, load_release_weights
+
+
+def convert(release_path: str, output_dir: str, scale=None, step: int = 0) -> str:
+  """Writes `release_path`'s generator to `output_dir`; returns the step folder."""
+  model, variables = load_release_weights(release_path)
+  meta = {
+      "model": checkpoints.model_meta(model),
+      "scale": scale,
+      "source": os.path.abspath(release_path),
+      "kind": "converted_release",
+      "num_params": count_params(variables),
+  }
+  mngr = checkpoints.manager(output_dir)
+  if step in mngr.all_steps():
+    raise FileExistsError(f"{output_dir} already holds a checkpoint at step {step}")
+  checkpoints.save(mngr, step, {"generator": {"params": variables["params"]}}, meta)
+  mngr.wait_until_finished()
+  mngr.close()
+  return os.path.join(os.path.abspath(output_dir), str(step))
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("release", help="release generator weights (.pth or .npz)")
+  parser.add_argument("output_dir", help="Orbax checkpoint directory to write")
+  parser.add_argument("--scale", type=int, choices=(4, 8, 16), default=None,
+                      help="upscaling factor the weights were trained for (recorded)")
+  parser.add_argument("--step", type=int, default=0, help="step number to save under")
+  args = parser.parse_args(argv)
+  try:
+    where = convert(args.release, args.output_dir, args.scale, args.step)
+  except (FileNotFoundError, FileExistsError, WeightFileError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  print(f"wrote {where}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,239 @@
+"""Basic layers of the SFMNet release, in NHWC.
+
+Parameter names mirror the PyTorch release so that checkpoints map by a
+generic rule (see `release_weights.py`): a child that PyTorch keeps in an
+`nn.Sequential` at index N is named `layers_N` here (Flax's own convention
+for list attributes), conv kernels are `kernel` in (kh, kw, in, out) layout.
+
+Initialisers follow PyTorch's defaults (kaiming-uniform with a = sqrt(5),
+i.e. U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights and biases), so training
+from scratch behaves like the release.
+"""
+
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Dtype = Any
+
+# U(-1/sqrt(fan_in), +1/sqrt(fan_in)): PyTorch's default for conv/linear weights.
+torch_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def torch_bias_init(fan_in: int):
+  """PyTorch's default bias init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+  bound = 1.0 / np.sqrt(fan_in)
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
+
+
+def _leaf_init(path, shape, kernel_shapes):
+  """('uniform', bound) or ('constant', value) for a parameter, by the rules of this file.
+
+  kernel: U(+-1/sqrt(fan_in)) with fan_in = prod(shape[:-1]); bias: the same
+  bound as its sibling kernel; PReLU `weight` 0.25; `scale` and `temperature` 1.
+  """
+  name = path[-1]
+  if name == "kernel":
+    return "uniform", 1.0 / np.sqrt(np.prod(shape[:-1]))
+  if name == "bias":
+    kernel = kernel_shapes[path[:-1]]
+    return "uniform", 1.0 / np.sqrt(np.prod(kernel[:-1]))
+  if name == "weight":
+    return "constant", PReLU.init_value
+  if name in ("scale", "temperature"):
+    return "constant", 1.0
+  raise ValueError(f"no initialiser rule for parameter {'/'.join(path)}")
+
+
+def abstract_variables(model: nn.Module, image_size=(32, 32)):
+  """Shapes and dtypes of an image model's variables (traced; nothing computed or compiled)."""
+  dummy = jax.ShapeDtypeStruct((1, *image_size, 3), jnp.float32)
+  return jax.eval_shape(model.init, jax.random.key(0), dummy)
+
+
+def host_init(abstract_params, seed: int):
+  """Initialises parameters of the given shapes on the host, as the modules' initialisers do.
+
+  Same distributions as `module.init` (PyTorch's defaults), drawn with numpy:
+  `jax.jit(module.init)` spends minutes of XLA:CPU compile on hundreds of
+  threefry calls, while this takes well under a second for SFMNet.
+  """
+  from flax import traverse_util  # pylint: disable=g-import-not-at-top
+  flat = traverse_util.flatten_dict(abstract_params)
+  kernels = {p[:-1]: tuple(v.shape) for p, v in flat.items() if p[-1] == "kernel"}
+  rng = np.random.default_rng(seed)
+  out = {}
+  for path in sorted(flat):
+    shape, dtype = tuple(flat[path].shape), flat[path].dtype
+    kind, value = _leaf_init(path, shape, kernels)
+    if kind == "uniform":
+      out[path] = rng.uniform(-value, value, size=shape).astype(dtype)
+    else:
+      out[path] = np.full(shape, value, dtype)
+  return traverse_util.unflatten_dict(out)
+
+
+def sequential(name: str, *layers) -> nn.Sequential:
+  """An `nn.Sequential` whose module at position N is named `layers_N`.
+
+  This is how the release's `nn.Sequential` children (`name.N`) appear in
+  Flax. Modules are re-created unbound so that the Sequential, not the
+  calling compact method, owns them.
+  """
+  return nn.Sequential(
+      [l.clone(parent=None) if isinstance(l, nn.Module) else l for l in layers], name=name)
+
+
+def nan_to_num(x: jax.Array, value: float = 1e-5) -> jax.Array:
+  """The release's `torch.nan_to_num(x, nan=1e-5, posinf=1e-5, neginf=1e-5)`."""
+  return jnp.where(jnp.isfinite(x), x, jnp.asarray(value, x.dtype))
+
+
+def pixel_unshuffle(x: jax.Array, r: int = 2) -> jax.Array:
+  """Space-to-depth with PyTorch's order: out channel c*r*r + i*r + j <- pixel (r*y+i, r*x+j) of c."""
+  b, h, w, c = x.shape
+  x = x.reshape(b, h // r, r, w // r, r, c)
+  x = x.transpose(0, 1, 3, 5, 2, 4)  # b, h', w', c, i, j
+  return x.reshape(b, h // r, w // r, c * r * r)
+
+
+def pixel_shuffle(x: jax.Array, r: int = 2) -> jax.Array:
+  """Depth-to-space, the exact inverse of `pixel_unshuffle` (PyTorch's PixelShuffle)."""
+  b, h, w, crr = x.shape
+  c = crr // (r * r)
+  x = x.reshape(b, h, w, c, r, r)
+  x = x.transpose(0, 1, 4, 2, 5, 3)  # b, h, i, w, j, c
+  return x.reshape(b, h * r, w * r, c)
+
+
+class PReLU(nn.Module):
+  """`torch.nn.PReLU()`: one learnable slope shared by all channels (param `weight`, shape (1,))."""
+
+  init_value: float = 0.25
+
+  @nn.compact
+  def __call__(self, x):
+    slope = self.param("weight", nn.initializers.constant(self.init_value), (1,))
+    slope = slope.astype(x.dtype)
+    return jnp.where(x >= 0, x, slope * x)
+
+
+class Scale(nn.Module):
+  """A learnable scalar (`re_scale.scale` in the release), init 1.0."""
+
+  init_value: float = 1.0
+
+  @nn.compact
+  def __call__(self, x):
+    s = self.param("scale", nn.initializers.constant(self.init_value), (1,))
+    return x * s.astype(x.dtype)
+
+
+class Conv(nn.Module):
+  """k x k convolution, stride 1, zero padding k//2 (NHWC, kernel (k, k, in, out))."""
+
+  features: int
+  kernel_size: int = 3
+  use_bias: bool = True
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    k = self.kernel_size
+    cin = x.shape[-1]
+    kernel = self.param("kernel", torch_kernel_init, (k, k, cin, self.features))
+    x = x.astype(self.dtype)
+    kernel = kernel.astype(self.dtype)
+    if k == 1:
+      y = jnp.einsum("bhwc,cd->bhwd", x, kernel[0, 0])
+    else:
+      p = k // 2
+      y = jax.lax.conv_general_dilated(
+          x, kernel, (1, 1), ((p, p), (p, p)),
+          dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    if self.use_bias:
+      bias = self.param("bias", torch_bias_init(k * k * cin), (self.features,))
+      y = y + bias.astype(self.dtype)
+    return y
+
+
+class DepthwiseConv3x3(nn.Module):
+  """Depthwise 3x3 convolution, no bias, padding 1 (kernel (3, 3, 1, C)).
+
+  Computed as nine shifted multiply-adds: the same numbers as a grouped
+  convolution, but 10-20x faster than XLA:CPU's `feature_group_count` path
+  (see ../shared/reference/CPU_PERF_NOTES.md) and no slower elsewhere.
+  """
+
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    c = x.shape[-1]
+    kernel = self.param("kernel", torch_kernel_init, (3, 3, 1, c)).astype(self.dtype)
+    x = x.astype(self.dtype)
+    h, w = x.shape[1:3]
+    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    out = None
+    for i in range(3):
+      for j in range(3):
+        term = xp[:, i:i + h, j:j + w, :] * kernel[i, j, 0]
+        out = term if out is None else out + term
+    return out
+
+
+class ConvAct(nn.Module):
+  """Release `ConvAct`: conv k x k without bias (`layers`), then an optional activation (`act`)."""
+
+  features: int
+  kernel_size: int = 3
+  act: Optional[str] = None  # None | 'relu' | 'prelu'
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    x = Conv(self.features, self.kernel_size, use_bias=False, dtype=self.dtype, name="layers")(x)
+    if self.act == "relu":
+      x = nn.relu(x)
+    elif self.act == "prelu":
+      x = PReLU(name="act")(x)
+    elif self.act is not None:
+      raise ValueError(f"unknown activation {self.act!r}")
+    return x
+
+
+class Down(nn.Module):
+  """Release `Down`: ConvAct 3x3 -> PixelUnshuffle(2) -> ConvAct 1x1 (4C -> C). Halves H and W."""
+
+  features: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    c = self.features
+    return sequential(
+        "layers",
+        ConvAct(c, 3, dtype=self.dtype),
+        pixel_unshuffle,
+        ConvAct(c, 1, dtype=self.dtype),
+    )(x)
+
+
+class Up(nn.Module):
+  """Release `Up` (an nn.Sequential there): conv 1x1 C -> 4C with bias -> PixelShuffle(2) -> PReLU."""
+
+  features: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    x = Conv(4 * self.features, 1, use_bias=True, dtype=self.dtype, name="layers_0")(x)
+    x = pixel_shuffle(x)
+    return PReLU(name="layers_2")(x)

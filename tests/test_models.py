@@ -1,0 +1,219 @@
+"""The generator and discriminators against the release's golden vector and closed forms."""
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sfmnet_jax import SFMNet, count_params, init_generator
+from sfmnet_jax import discriminators as D
+from sfmnet_jax import layers, spectral
+from sfmnet_jax.layers import abstract_variables
+
+
+def test_golden_vector_both_outputs(golden, golden_model):
+  model, variables = golden_model
+  assert (model.num_features, model.num_resblocks) == (16, 2)
+  img_out, img_fre = jax.jit(model.apply)(variables, golden["lr_up"])
+  assert img_out.dtype == jnp.float32 and img_out.shape == (2, 32, 32, 3)
+  np.testing.assert_allclose(img_out, golden["img_out"], atol=1e-4, rtol=0)
+  np.testing.assert_allclose(img_fre, golden["img_fre"], atol=1e-4, rtol=0)
+  # The outputs are not trivially the input: the network's residual matters.
+  assert np.abs(golden["img_out"] - golden["lr_up"]).max() > 1e-2
+
+
+def _shapes(model):
+  return abstract_variables(model)
+
+
+def test_parameter_counts_match_release():
+  assert count_params(_shapes(SFMNet())) == 8_545_942
+  assert count_params(_shapes(SFMNet(share_fusion_attention=False))) == 8_799_622
+  spa = abstract_variables(D.SpatialDiscriminator(), (128, 128))
+  fre = abstract_variables(D.FrequencyDiscriminator(), (128, 128))
+  assert count_params(spa) == 5_485_921
+  assert count_params(fre) == 3_920_257
+  # D_fre sees 6 x 128 x 65 and pools to 8 x 5: its MFM-linear takes 5120 inputs.
+  assert fre["params"]["fc1"]["filter"]["kernel"].shape == (5120, 512)
+  assert spa["params"]["fc1"]["filter"]["kernel"].shape == (8192, 512)
+
+
+def test_non_square_input_and_jit(golden_model):
+  model, variables = golden_model
+  x = jax.random.uniform(jax.random.key(1), (1, 32, 48, 3))
+  out, fre = jax.jit(model.apply)(variables, x)
+  assert out.shape == fre.shape == (1, 32, 48, 3)
+  assert np.isfinite(out).all() and np.isfinite(fre).all()
+  # Eager and jitted agree.
+  out_eager, _ = model.apply(variables, x)
+  np.testing.assert_allclose(out, out_eager, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["random", "black"])
+def test_gradients_finite_through_both_outputs(golden_model, kind):
+  model, variables = golden_model
+  if kind == "black":  # an exactly-zero spectrum in the loss and the blocks' inputs
+    x = jnp.zeros((1, 16, 16, 3))
+  else:
+    x = jax.random.uniform(jax.random.key(2), (1, 16, 16, 3))
+
+  def loss(params, x):
+    out, fre = model.apply({"params": params}, x)
+    amp, pha = spectral.amplitude_phase(fre)
+    return jnp.abs(out - 0.5).mean() + jnp.abs(fre - 0.5).mean() + 0.01 * (amp.mean() + pha.mean())
+
+  value, (g_params, g_x) = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(
+      variables["params"], x)
+  leaves = jax.tree_util.tree_leaves(g_params)
+  assert np.isfinite(value)
+  assert all(np.isfinite(np.asarray(g)).all() for g in leaves)
+  assert np.isfinite(g_x).all()
+  # The gradient reaches both branches' parameters.
+  assert np.abs(g_params["tail"]["layers_0"]["layers"]["kernel"]).sum() > 0
+  assert np.abs(g_params["tail_fre"]["layers_0"]["layers"]["kernel"]).sum() > 0
+
+
+def test_bfloat16_compute_with_float32_params(golden, golden_model):
+  """bf16 compute is as close to float32 as the input's own bf16 rounding allows.
+
+  The golden network (random weights) is chaotic: rounding only the input to
+  bf16, in float32 compute, already moves the output by ~20% of its residual.
+  bf16 compute must stay within 1.5x of that unavoidable error.
+  """
+  model, variables = golden_model
+  bf16 = model.clone(dtype=jnp.bfloat16)
+  out, fre = jax.jit(bf16.apply)(variables, golden["lr_up"])
+  assert out.dtype == fre.dtype == jnp.float32
+  assert all(p.dtype == jnp.float32 for p in jax.tree_util.tree_leaves(
+      init_generator(bf16, 0, (16, 16))))
+  x_rounded = golden["lr_up"].astype(jnp.bfloat16).astype(np.float32)
+  out_r, fre_r = jax.jit(model.apply)(variables, x_rounded)
+  for got, rounded, ref in ((out, out_r, golden["img_out"]), (fre, fre_r, golden["img_fre"])):
+    err = np.abs(np.asarray(got) - ref).mean()
+    unavoidable = np.abs(np.asarray(rounded) - ref).mean()
+    assert np.isfinite(err) and 1e-5 < err < 1.5 * unavoidable
+
+
+def test_separate_attention_equals_shared_when_weights_equal(golden, golden_model):
+  """share_fusion_attention=False uses `spa_att`; with spa_att := fre_att it equals the release."""
+  model, variables = golden_model
+  params = flax.core.unfreeze(variables["params"])
+  for name, block in params["conv_fuse"].items():
+    block["spa_att"] = jax.tree_util.tree_map(lambda a: a, block["fre_att"])
+  paper = model.clone(share_fusion_attention=False)
+  out, fre = jax.jit(paper.apply)({"params": params}, golden["lr_up"])
+  np.testing.assert_allclose(out, golden["img_out"], atol=1e-4)
+  np.testing.assert_allclose(fre, golden["img_fre"], atol=1e-4)
+  # Perturb the second attention: the spatial output changes, the frequency branch does not.
+  block = params["conv_fuse"]["layers_13"]["spa_att"]
+  block["project_out"]["kernel"] = block["project_out"]["kernel"] * 2.0
+  out2, fre2 = jax.jit(paper.apply)({"params": params}, golden["lr_up"])
+  assert np.abs(np.asarray(out2) - np.asarray(out)).max() > 1e-4
+  np.testing.assert_allclose(fre2, fre, atol=0)
+
+
+@pytest.mark.parametrize("shape, message", [
+    ((32, 32, 3), "shape (B, H, W, 3)"),
+    ((1, 32, 32, 1), "3 (RGB) channels"),
+    ((1, 3, 32, 32), "looks like NCHW"),
+    ((1, 36, 32, 3), "divisible by 8"),
+    ((1, 32, 20, 3), "divisible by 8"),
+])
+def test_bad_input_shapes(golden_model, shape, message):
+  model, variables = golden_model
+  with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    model.apply(variables, jnp.zeros(shape))
+
+
+def test_pixel_unshuffle_matches_torch_index_formula():
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(2, 6, 8, 3)).astype(np.float32)
+  y = np.asarray(layers.pixel_unshuffle(jnp.asarray(x)))
+  assert y.shape == (2, 3, 4, 12)
+  for c in range(3):
+    for i in range(2):
+      for j in range(2):
+        np.testing.assert_array_equal(y[..., c * 4 + i * 2 + j], x[:, i::2, j::2, c])
+  np.testing.assert_array_equal(layers.pixel_shuffle(jnp.asarray(y)), x)
+
+
+def test_amplitude_phase_equal_numpy_and_have_zero_safe_gradients():
+  rng = np.random.default_rng(1)
+  x = rng.normal(size=(2, 8, 6, 3)).astype(np.float32)
+  amp, pha = spectral.amplitude_phase(jnp.asarray(x))
+  ref = np.fft.rfft2(x.astype(np.float64), axes=(1, 2))
+  np.testing.assert_allclose(amp, np.abs(ref), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(pha, np.angle(ref), atol=1e-5)
+  z = jnp.zeros((4,), jnp.complex64)
+  g_amp = jax.grad(lambda r: spectral.amplitude(jax.lax.complex(r, r)).sum())(jnp.zeros(4))
+  g_pha = jax.grad(lambda r: spectral.phase(jax.lax.complex(r, 0 * r)).sum())(jnp.zeros(4))
+  assert np.array_equal(g_amp, np.zeros(4)) and np.array_equal(g_pha, np.zeros(4))
+  assert np.array_equal(spectral.phase(z), np.zeros(4))
+
+
+def test_max_pool_ceil_mode_matches_numpy():
+  x = np.random.default_rng(2).normal(size=(1, 5, 7, 2)).astype(np.float32)
+  y = np.asarray(D.max_pool_ceil(jnp.asarray(x)))
+  assert y.shape == (1, 3, 4, 2)
+  for i in range(3):
+    for j in range(4):
+      np.testing.assert_array_equal(y[0, i, j], x[0, 2 * i:2 * i + 2, 2 * j:2 * j + 2].max((0, 1)))
+
+
+def test_discriminators_one_logit_per_image_and_use_their_input():
+  x = jax.random.uniform(jax.random.key(3), (2, 128, 128, 3))
+  for cls in (D.SpatialDiscriminator, D.FrequencyDiscriminator):
+    variables = D.init_discriminator(cls(), 4)
+    logits = jax.jit(cls().apply)(variables, x)
+    assert logits.shape == (2,) and np.isfinite(logits).all()
+    assert abs(float(logits[0] - logits[1])) > 0  # different images, different logits
+    with pytest.raises(ValueError, match="takes"):
+      cls().apply(variables, jnp.zeros((2, 128, 128, 1)))
+
+
+def test_mfm_is_max_of_two_halves():
+  mfm = D.MFM(4, 3, 1)
+  x = jax.random.normal(jax.random.key(5), (1, 6, 6, 2))
+  v = mfm.init(jax.random.key(6), x)
+  conv = flax.linen.Conv(8, (3, 3), padding=((1, 1), (1, 1)))
+  full = conv.apply({"params": v["params"]["filter"]}, x)
+  np.testing.assert_allclose(mfm.apply(v, x), np.maximum(full[..., :4], full[..., 4:]), atol=1e-6)
+
+
+def _init_rules_hold(params, bounds_from):
+  """Every leaf is PyTorch's default init: constants exact, uniforms within (and filling) +-bound."""
+  flat = flax.traverse_util.flatten_dict(params)
+  kernels = {p[:-1]: v.shape for p, v in flat.items() if p[-1] == "kernel"}
+  for path, value in flat.items():
+    value = np.asarray(value)
+    if path[-1] in ("kernel", "bias"):
+      fan_in = np.prod(kernels[path[:-1]][:-1])
+      bound = 1 / np.sqrt(fan_in)
+      assert np.abs(value).max() <= bound * (1 + 1e-6), (bounds_from, path)
+      if value.size >= 64:
+        assert np.abs(value).max() > 0.8 * bound and value.std() > 0.4 * bound, (bounds_from, path)
+    else:
+      expected = {"weight": 0.25, "scale": 1.0, "temperature": 1.0}[path[-1]]
+      np.testing.assert_array_equal(value, np.full(value.shape, expected, np.float32))
+
+
+@pytest.mark.parametrize("make", [
+    lambda: SFMNet(num_features=8, num_resblocks=1),
+    lambda: D.FrequencyDiscriminator(),
+])
+def test_host_init_follows_the_modules_initialisers(make):
+  """`host_init` (fast) and `module.init` (the modules' own initialisers) agree leaf by leaf."""
+  model = make()
+  x = jnp.zeros((1, 16, 16, 3))
+  with jax.disable_jit():
+    reference = model.init(jax.random.key(0), x)["params"]
+  fast = layers.host_init(abstract_variables(model, (16, 16))["params"], seed=0)
+  assert jax.tree_util.tree_structure(fast) == jax.tree_util.tree_structure(
+      flax.core.unfreeze(reference))
+  _init_rules_hold(reference, "module.init")
+  _init_rules_hold(fast, "host_init")
+  again = layers.host_init(abstract_variables(model, (16, 16))["params"], seed=0)
+  other = layers.host_init(abstract_variables(model, (16, 16))["params"], seed=1)
+  assert all(jax.tree_util.tree_leaves(jax.tree_util.tree_map(np.array_equal, fast, again)))
+  assert not all(jax.tree_util.tree_leaves(jax.tree_util.tree_map(np.array_equal, fast, other)))
