@@ -112,20 +112,21 @@ class ChannelAttention(nn.Module):
     kv = Conv(2 * c, 1, use_bias=False, dtype=self.dtype, name="kv")(g)
     kv = DepthwiseConv3x3(dtype=self.dtype, name="kv_dwconv")(kv)
     k, v = jnp.split(kv, 2, axis=-1)
-
-    def heads_view(t):  # (B, H, W, C) -> (B, H*W, heads, C/heads), channel = head*(C/heads) + j
-      return t.reshape(b, h * w, heads, c // heads)
-
-    def l2_normalise(t):  # torch.nn.functional.normalize over H*W, eps 1e-12
-      t = t.astype(jnp.float32)
-      norm = jnp.sqrt(jnp.sum(t * t, axis=1, keepdims=True))
-      return t / jnp.maximum(norm, 1e-12)
-
-    q, k = l2_normalise(heads_view(q)), l2_normalise(heads_view(k))
-    attn = jnp.einsum("bnhc,bnhd->bhcd", q, k) * temperature.reshape(1, heads, 1, 1)
-    attn = jax.nn.softmax(attn, axis=-1).astype(self.dtype)
-    out = jnp.einsum("bhcd,bnhd->bnhc", attn, heads_view(v).astype(self.dtype))
-    out = out.reshape(b, h, w, c)
+    n = h * w
+    # All heads at once as one (C x C) map per image, masked to its (C/h x C/h)
+    # diagonal blocks (channel = head*(C/h) + j): plain batched GEMMs over the
+    # pixels, no per-head transposes. The L2 normalisation over H*W is folded
+    # into the small map: (q/|q|).(k/|k|) = (q.k) / (|q| |k|).
+    qf = q.reshape(b, n, c).astype(jnp.float32)
+    kf = k.reshape(b, n, c).astype(jnp.float32)
+    q_norm = jnp.maximum(jnp.sqrt(jnp.sum(qf * qf, axis=1)), 1e-12)  # F.normalize's eps
+    k_norm = jnp.maximum(jnp.sqrt(jnp.sum(kf * kf, axis=1)), 1e-12)
+    logits = jnp.einsum("bnc,bnd->bcd", qf, kf) / (q_norm[:, :, None] * k_norm[:, None, :])
+    head = jnp.arange(c) // (c // heads)
+    logits = logits * temperature.reshape(heads)[head][None, :, None]
+    logits = jnp.where(head[:, None] == head[None, :], logits, -jnp.inf)
+    attn = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
+    out = jnp.einsum("bcd,bnd->bnc", attn, v.reshape(b, n, c)).reshape(b, h, w, c)
     return Conv(c, 1, use_bias=False, dtype=self.dtype, name="project_out")(out)
 
 

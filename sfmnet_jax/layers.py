@@ -151,8 +151,8 @@ class Conv(nn.Module):
     kernel = self.param("kernel", torch_kernel_init, (k, k, cin, self.features))
     x = x.astype(self.dtype)
     kernel = kernel.astype(self.dtype)
-    if k == 1:
-      y = jnp.einsum("bhwc,cd->bhwd", x, kernel[0, 0])
+    if k == 1:  # a matmul over pixels; 2-D so that its gradients are plain GEMMs too
+      y = (x.reshape(-1, cin) @ kernel[0, 0]).reshape(*x.shape[:-1], self.features)
     else:
       p = k // 2
       y = jax.lax.conv_general_dilated(
@@ -164,29 +164,59 @@ class Conv(nn.Module):
     return y
 
 
-class DepthwiseConv3x3(nn.Module):
-  """Depthwise 3x3 convolution, no bias, padding 1 (kernel (3, 3, 1, C)).
+def _shifted_sum(x, k):
+  """sum_ij pad(x)[:, i:i+H, j:j+W, :] * k[i, j]: a depthwise 3x3 correlation, padding 1."""
+  h, w = x.shape[1:3]
+  xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  out = None
+  for i in range(3):
+    for j in range(3):
+      term = xp[:, i:i + h, j:j + w, :] * k[i, j]
+      out = term if out is None else out + term
+  return out
 
-  Computed as nine shifted multiply-adds: the same numbers as a grouped
-  convolution, but 10-20x faster than XLA:CPU's `feature_group_count` path
-  (see ../shared/reference/CPU_PERF_NOTES.md) and no slower elsewhere.
+
+@jax.custom_vjp
+def depthwise3x3(x: jax.Array, k: jax.Array) -> jax.Array:
+  """Depthwise 3x3 convolution (NHWC), zero padding 1, kernel k of shape (3, 3, C).
+
+  Nine shifted multiply-adds, the same numbers as a grouped convolution but
+  10-20x faster than XLA:CPU's `feature_group_count` path. The hand-written
+  gradient keeps only x as a residual: autodiff would store the nine shifted
+  copies of x and spend most of a training step writing them.
   """
+  return _shifted_sum(x, k)
+
+
+def _depthwise3x3_fwd(x, k):
+  return _shifted_sum(x, k), (x, k)
+
+
+def _depthwise3x3_bwd(residuals, g):
+  x, k = residuals
+  h, w = x.shape[1:3]
+  dx = _shifted_sum(g, k[::-1, ::-1])  # the adjoint of a correlation: the flipped kernel
+  xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  dk = jnp.stack([
+      jnp.stack([jnp.sum(xp[:, i:i + h, j:j + w, :] * g, axis=(0, 1, 2)) for j in range(3)])
+      for i in range(3)
+  ])
+  return dx, dk.astype(k.dtype)
+
+
+depthwise3x3.defvjp(_depthwise3x3_fwd, _depthwise3x3_bwd)
+
+
+class DepthwiseConv3x3(nn.Module):
+  """Depthwise 3x3 convolution, no bias, padding 1 (kernel (3, 3, 1, C)); see `depthwise3x3`."""
 
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x):
     c = x.shape[-1]
-    kernel = self.param("kernel", torch_kernel_init, (3, 3, 1, c)).astype(self.dtype)
-    x = x.astype(self.dtype)
-    h, w = x.shape[1:3]
-    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-    out = None
-    for i in range(3):
-      for j in range(3):
-        term = xp[:, i:i + h, j:j + w, :] * kernel[i, j, 0]
-        out = term if out is None else out + term
-    return out
+    kernel = self.param("kernel", torch_kernel_init, (3, 3, 1, c))
+    return depthwise3x3(x.astype(self.dtype), kernel[:, :, 0, :].astype(self.dtype))
 
 
 class ConvAct(nn.Module):

@@ -9,6 +9,7 @@ import pytest
 from sfmnet_jax import SFMNet, count_params, init_generator
 from sfmnet_jax import discriminators as D
 from sfmnet_jax import layers, spectral
+from sfmnet_jax.blocks import ChannelAttention
 from sfmnet_jax.layers import abstract_variables
 
 
@@ -217,3 +218,56 @@ def test_host_init_follows_the_modules_initialisers(make):
   other = layers.host_init(abstract_variables(model, (16, 16))["params"], seed=1)
   assert all(jax.tree_util.tree_leaves(jax.tree_util.tree_map(np.array_equal, fast, again)))
   assert not all(jax.tree_util.tree_leaves(jax.tree_util.tree_map(np.array_equal, fast, other)))
+
+
+def test_depthwise_conv_and_its_gradient_equal_xla_grouped_conv():
+  x = jax.random.normal(jax.random.key(7), (2, 9, 7, 5))
+  k = jax.random.normal(jax.random.key(8), (3, 3, 5))
+  g = jax.random.normal(jax.random.key(9), (2, 9, 7, 5))
+
+  def grouped(x, k):
+    return jax.lax.conv_general_dilated(x, k[:, :, None, :], (1, 1), ((1, 1), (1, 1)),
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                        feature_group_count=5)
+
+  y, vjp = jax.vjp(layers.depthwise3x3, x, k)
+  y_ref, vjp_ref = jax.vjp(grouped, x, k)
+  np.testing.assert_allclose(y, y_ref, atol=1e-5)
+  for got, want in zip(vjp(g), vjp_ref(g)):
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-5)
+
+
+def test_channel_attention_equals_per_head_reference():
+  """The fused (C x C, block-masked) attention equals the release's per-head computation."""
+  c, heads = 16, 4
+  att = ChannelAttention(c, heads)
+  x = jax.random.normal(jax.random.key(10), (2, 8, 6, c))
+  g = jax.random.normal(jax.random.key(11), (2, 8, 6, c))
+  params = layers.host_init(jax.eval_shape(att.init, jax.random.key(0), x, g)["params"], 3)
+  params["temperature"] = np.array([0.5, 1.0, 2.0, 3.0], np.float32).reshape(heads, 1, 1)
+  got = np.asarray(att.apply({"params": params}, x, g), np.float64)
+
+  # Reference in numpy, NCHW as in PyTorch (einops 'b (head c) h w -> b head c (h w)').
+  def conv1x1(t, kern):
+    return np.einsum("bhwc,cd->bhwd", t, kern[0, 0])
+
+  def dw(t, kern):
+    tp = np.pad(t, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    return sum(tp[:, i:i + t.shape[1], j:j + t.shape[2]] * kern[i, j, 0]
+               for i in range(3) for j in range(3))
+
+  p = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), params)
+  x64, g64 = np.asarray(x, np.float64), np.asarray(g, np.float64)
+  q = dw(conv1x1(x64, p["q"]["kernel"]), p["q_dwconv"]["kernel"])
+  kv = dw(conv1x1(g64, p["kv"]["kernel"]), p["kv_dwconv"]["kernel"])
+  k, v = kv[..., :c], kv[..., c:]
+  to_heads = lambda t: t.transpose(0, 3, 1, 2).reshape(2, heads, c // heads, -1)  # noqa: E731
+  q, k, v = to_heads(q), to_heads(k), to_heads(v)
+  q = q / np.maximum(np.linalg.norm(q, axis=-1, keepdims=True), 1e-12)
+  k = k / np.maximum(np.linalg.norm(k, axis=-1, keepdims=True), 1e-12)
+  logits = q @ k.transpose(0, 1, 3, 2) * p["temperature"][None]
+  attn = np.exp(logits - logits.max(-1, keepdims=True))
+  attn /= attn.sum(-1, keepdims=True)
+  out = (attn @ v).reshape(2, c, 8, 6).transpose(0, 2, 3, 1)
+  want = conv1x1(out, p["project_out"]["kernel"])
+  np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-4)

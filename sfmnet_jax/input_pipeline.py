@@ -1,0 +1,207 @@
+"""tf.data pipelines of face crops: deterministic, sharded per process, resumable at any step.
+
+Each example gives `hr` (128x128), `lr` (128/scale) and `lr_up` (LR upsampled
+back to 128 with PIL's bicubic, as the release fed its network), float32 in
+[0, 1]. LR is the dataset's own LR file when it has one, else made from HR
+with PIL's bicubic; both resizes are bit-exact PIL (`resize.py`).
+
+Training order is a pure function of (seed, step): epoch e visits the
+examples in the permutation `default_rng([seed, e])`, global batch after
+global batch (the last partial batch of an epoch is dropped); process p of P
+reads the p-th slice of every global batch. A run resumed at step s
+therefore sees exactly the batches an uninterrupted run would; the iterator
+state is just {step, seed, num_examples, global_batch}.
+
+Evaluation visits every example exactly once across devices and processes:
+the last global batch is padded (with example 0) and `mask` is 0 there.
+"""
+
+import dataclasses
+from typing import Dict, Iterator, Optional
+
+import numpy as np
+import tensorflow as tf
+
+from sfmnet_jax import resize
+from sfmnet_jax.datasets import face_folder
+from sfmnet_jax.datasets.sources import Split
+
+HR_SIZE = 128
+
+
+def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
+  return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+@dataclasses.dataclass(frozen=True)
+class Sharding:
+  """How a global batch is laid out: P processes x local devices x per-device examples."""
+
+  global_batch: int
+  process_index: int = 0
+  process_count: int = 1
+  local_devices: int = 1
+
+  def __post_init__(self):
+    parts = self.process_count * self.local_devices
+    if self.global_batch % parts:
+      raise ValueError(f"batch size {self.global_batch} must be divisible by the number of "
+                       f"devices ({self.process_count} processes x {self.local_devices})")
+
+  @property
+  def local_batch(self) -> int:
+    return self.global_batch // self.process_count
+
+  def local_slice(self, global_indices: np.ndarray) -> np.ndarray:
+    start = self.process_index * self.local_batch
+    return global_indices[start:start + self.local_batch]
+
+
+def train_batch_indices(seed: int, step: int, n: int, global_batch: int) -> np.ndarray:
+  """The example indices of global batch `step` (all processes)."""
+  steps_per_epoch = n // global_batch
+  epoch, pos = divmod(step, steps_per_epoch)
+  perm = epoch_permutation(seed, epoch, n)
+  return perm[pos * global_batch:(pos + 1) * global_batch]
+
+
+def _decode(encoded, shape):
+  image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+  return tf.ensure_shape(image, shape)
+
+
+def _process(split: Split, scale: int, record: Dict[str, tf.Tensor], flip) -> Dict[str, tf.Tensor]:
+  """Encoded record -> float32 hr, lr, lr_up (and flips them when `flip` is true)."""
+  if split.hr_box is None:
+    hr = _decode(record[split.image_key], (HR_SIZE, HR_SIZE, 3))
+  else:
+    top, left, side = split.hr_box
+    image = tf.io.decode_image(record[split.image_key], channels=3, expand_animations=False)
+    crop = image[top:top + side, left:left + side]
+    hr = resize.tf_resize_uint8(tf.ensure_shape(crop, (side, side, 3)), (HR_SIZE, HR_SIZE))
+  lr_size = HR_SIZE // scale
+  if split.has_lr:
+    lr = _decode(record["lr"], (lr_size, lr_size, 3))
+  else:
+    lr = resize.tf_resize_uint8(hr, (lr_size, lr_size))
+  hr, lr = tf.cond(flip, lambda: (hr[:, ::-1], lr[:, ::-1]), lambda: (hr, lr))
+  lr_up = resize.tf_resize_uint8(lr, (HR_SIZE, HR_SIZE))
+  to_float = lambda x: tf.cast(x, tf.float32) / 255.0  # noqa: E731
+  return {"hr": to_float(hr), "lr": to_float(lr), "lr_up": to_float(lr_up)}
+
+
+def _loader(split: Split):
+  """A tf function: example index -> encoded record fields (strings)."""
+  source = split.data_source()
+  keys = [split.image_key] + (["lr"] if split.has_lr else [])
+
+  def fetch(i):
+    record = source[int(i)]
+    return tuple(np.bytes_(record[k]) for k in keys)
+
+  def load(i):
+    values = tf.numpy_function(fetch, [i], [tf.string] * len(keys), stateful=False)
+    return {k: tf.ensure_shape(v, ()) for k, v in zip(keys, values)}
+
+  return load
+
+
+def _device_layout(batch, sharding: Sharding):
+  per_device = sharding.local_batch // sharding.local_devices
+  return {k: tf.reshape(v, [sharding.local_devices, per_device] + v.shape[1:].as_list())
+          for k, v in batch.items()}
+
+
+def train_dataset(split: Split, scale: int, sharding: Sharding, *, seed: int, start_step: int = 0,
+                  augment_flip: bool = False) -> tf.data.Dataset:
+  """Endless training batches from `start_step` on, shaped (local_devices, per_device, ...)."""
+  face_folder.check_scale(scale)
+  n, g = split.num_examples, sharding.global_batch
+  if n < g:
+    raise ValueError(f"{split.name} has {n} examples, fewer than one batch of {g}")
+
+  def local_indices(step):
+    idx = sharding.local_slice(train_batch_indices(seed, int(step), n, g))
+    epoch = int(step) // (n // g)
+    return idx.astype(np.int64), np.full(idx.shape, epoch, np.int64)
+
+  load = _loader(split)
+
+  def example(idx, epoch):
+    record = load(idx)
+    flip = tf.constant(False)
+    if augment_flip:  # a coin per (seed, epoch, example): independent of the process layout
+      coin = tf.random.stateless_uniform([], seed=tf.stack([epoch * 7919 + seed, idx]))
+      flip = coin < 0.5
+    return _process(split, scale, record, flip)
+
+  ds = tf.data.Dataset.range(start_step, np.iinfo(np.int64).max)
+  ds = ds.map(lambda s: tf.numpy_function(local_indices, [s], [tf.int64, tf.int64],
+                                          stateful=False))
+  ds = ds.unbatch().map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  ds = ds.batch(sharding.local_batch, drop_remainder=True)
+  ds = ds.map(lambda b: _device_layout(b, sharding))
+  return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def eval_num_batches(n: int, global_batch: int) -> int:
+  return -(-n // global_batch)
+
+
+def eval_dataset(split: Split, scale: int, sharding: Sharding,
+                 limit: Optional[int] = None) -> tf.data.Dataset:
+  """Every example (or the first `limit`) once; the last batch padded, `mask` 0 on padding.
+
+  Batches carry `index` (the example's index in the split, -1 for padding).
+  """
+  n = split.num_examples if limit is None else min(limit, split.num_examples)
+  g = sharding.global_batch
+  padded = np.full(eval_num_batches(n, g) * g, -1, np.int64)
+  padded[:n] = np.arange(n)
+  local = np.concatenate([sharding.local_slice(b) for b in padded.reshape(-1, g)])
+  load = _loader(split)
+
+  def example(idx):
+    record = load(tf.maximum(idx, 0))
+    out = _process(split, scale, record, tf.constant(False))
+    out["mask"] = tf.cast(idx >= 0, tf.float32)
+    out["index"] = tf.cast(idx, tf.int32)
+    return out
+
+  ds = tf.data.Dataset.from_tensor_slices(local)
+  ds = ds.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  ds = ds.batch(sharding.local_batch, drop_remainder=True)
+  ds = ds.map(lambda b: _device_layout(b, sharding))
+  return ds.prefetch(tf.data.AUTOTUNE)
+
+
+class TrainIterator:
+  """Numpy batches of `train_dataset` that know their position (for checkpoints)."""
+
+  def __init__(self, split: Split, scale: int, sharding: Sharding, *, seed: int,
+               start_step: int = 0, augment_flip: bool = False):
+    self.split, self.sharding, self.seed = split, sharding, seed
+    self.step = start_step
+    self._ds = train_dataset(split, scale, sharding, seed=seed, start_step=start_step,
+                             augment_flip=augment_flip)
+    self._it = iter(self._ds.as_numpy_iterator())
+
+  def __iter__(self) -> Iterator[Dict[str, np.ndarray]]:
+    return self
+
+  def __next__(self) -> Dict[str, np.ndarray]:
+    batch = next(self._it)
+    self.step += 1
+    return batch
+
+  def state(self) -> Dict[str, int]:
+    """Where the next batch comes from: pass it to `check_state` and `start_step` to resume."""
+    return {"step": self.step, "seed": self.seed, "num_examples": self.split.num_examples,
+            "global_batch": self.sharding.global_batch}
+
+  def check_state(self, state: Dict[str, int]) -> None:
+    mine = self.state()
+    for key in ("seed", "num_examples", "global_batch"):
+      if key in state and state[key] != mine[key]:
+        raise ValueError(f"the checkpoint's data iterator had {key}={state[key]}, this run has "
+                         f"{mine[key]}: resuming would not reproduce the data order")
