@@ -112,10 +112,35 @@ def _device_layout(batch, sharding: Sharding):
           for k, v in batch.items()}
 
 
+def _crop_patch(example, size: int, scale: int, seed):
+  """The same random size x size patch of hr and lr_up (offsets multiples of `scale`) and of lr."""
+  positions = (HR_SIZE - size) // scale + 1
+  offset = tf.random.stateless_uniform([2], seed=seed, minval=0, maxval=positions,
+                                       dtype=tf.int32) * scale
+  y, x = offset[0], offset[1]
+  out = {k: tf.ensure_shape(example[k][y:y + size, x:x + size], (size, size, 3))
+         for k in ("hr", "lr_up")}
+  lr = example["lr"][y // scale:(y + size) // scale, x // scale:(x + size) // scale]
+  out["lr"] = tf.ensure_shape(lr, (size // scale, size // scale, 3))
+  return out
+
+
+def check_patch_size(patch_size: Optional[int], scale: int) -> None:
+  if patch_size and (patch_size % 8 or patch_size % scale or not 8 <= patch_size <= HR_SIZE):
+    raise ValueError(f"patch_size must be a multiple of 8 and of the scale ({scale}) in "
+                     f"[8, {HR_SIZE}], got {patch_size}")
+
+
 def train_dataset(split: Split, scale: int, sharding: Sharding, *, seed: int, start_step: int = 0,
-                  augment_flip: bool = False) -> tf.data.Dataset:
-  """Endless training batches from `start_step` on, shaped (local_devices, per_device, ...)."""
+                  augment_flip: bool = False, patch_size: Optional[int] = None) -> tf.data.Dataset:
+  """Endless training batches from `start_step` on, shaped (local_devices, per_device, ...).
+
+  With `patch_size`, each example is a random aligned patch of the face (the
+  LR-up patch is cut from the LR-up of the whole face, as full-face training
+  sees it); the patch position is seeded like the flips.
+  """
   face_folder.check_scale(scale)
+  check_patch_size(patch_size, scale)
   n, g = split.num_examples, sharding.global_batch
   if n < g:
     raise ValueError(f"{split.name} has {n} examples, fewer than one batch of {g}")
@@ -130,10 +155,14 @@ def train_dataset(split: Split, scale: int, sharding: Sharding, *, seed: int, st
   def example(idx, epoch):
     record = load(idx)
     flip = tf.constant(False)
-    if augment_flip:  # a coin per (seed, epoch, example): independent of the process layout
+    # Randomness per (seed, epoch, example): independent of the process layout.
+    if augment_flip:
       coin = tf.random.stateless_uniform([], seed=tf.stack([epoch * 7919 + seed, idx]))
       flip = coin < 0.5
-    return _process(split, scale, record, flip)
+    out = _process(split, scale, record, flip)
+    if patch_size:
+      out = _crop_patch(out, patch_size, scale, tf.stack([epoch * 7919 + seed + 1, idx]))
+    return out
 
   ds = tf.data.Dataset.range(start_step, np.iinfo(np.int64).max)
   ds = ds.map(lambda s: tf.numpy_function(local_indices, [s], [tf.int64, tf.int64],
@@ -179,11 +208,11 @@ class TrainIterator:
   """Numpy batches of `train_dataset` that know their position (for checkpoints)."""
 
   def __init__(self, split: Split, scale: int, sharding: Sharding, *, seed: int,
-               start_step: int = 0, augment_flip: bool = False):
+               start_step: int = 0, augment_flip: bool = False, patch_size: Optional[int] = None):
     self.split, self.sharding, self.seed = split, sharding, seed
     self.step = start_step
     self._ds = train_dataset(split, scale, sharding, seed=seed, start_step=start_step,
-                             augment_flip=augment_flip)
+                             augment_flip=augment_flip, patch_size=patch_size)
     self._it = iter(self._ds.as_numpy_iterator())
 
   def __iter__(self) -> Iterator[Dict[str, np.ndarray]]:

@@ -1,22 +1,22 @@
 import os  # noqa: I001  (XLA_FLAGS must be set before anything imports JAX)
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+# Tests compile many small programs: trade XLA:CPU's code optimisation (not its numerics)
+# for ~40% faster compiles.
+FAST_COMPILE_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + FAST_COMPILE_FLAGS +
                            " --xla_force_host_platform_device_count=4").strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Identical computations compiled by several tests (or by the training subprocesses they
+# start, which inherit these variables) compile once.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
+    __import__("tempfile").gettempdir(), "sfmnet_jax_test_cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 import pathlib
-import tempfile
 
-import jax
 import numpy as np
 import pytest
-
-# Identical computations compiled by several tests (or test processes) compile once.
-jax.config.update("jax_compilation_cache_dir",
-                  os.environ.get("SFMNET_TEST_JAX_CACHE",
-                                 os.path.join(tempfile.gettempdir(), "sfmnet_jax_test_cache")))
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 GOLDEN = FIXTURES / "sfmnet_w16_s32.npz"

@@ -36,7 +36,6 @@ class SfmnetDemoFaces(tfds.core.GeneratorBasedBuilder):
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Initial release."}
-  BUILDER_CONFIGS = [demo_config(512, 32)]
 
   def _info(self):
     return tfds.core.DatasetInfo(

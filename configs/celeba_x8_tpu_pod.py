@@ -1,0 +1,22 @@
+"""SFMNet x8 on CelebA on a TPU pod (e.g. v4-32): multi-host, bfloat16, a larger global batch.
+
+Run the same command on every host of the pod:
+  python train.py --config=configs/celeba_x8_tpu_pod.py --workdir=gs://BUCKET/runs/celeba_x8_pod \
+      --config.data.tfds_data_dir=gs://BUCKET/tensorflow_datasets
+Data: tfds celeb_a prepared into that data dir (python -m sfmnet_jax.datasets celeba ...).
+"""
+
+from configs import celeba_tfds_x8
+
+
+def get_config():
+  config = celeba_tfds_x8.get_config()
+  config.distributed.enabled = True  # jax.distributed.initialize() auto-detects the pod
+  config.dtype = "bfloat16"
+  config.batch_size = 128  # 16x the paper's 8: scale the learning rate by sqrt(16)
+  config.eval_batch_size = 128
+  config.optimizer.learning_rate = 4e-4
+  config.log_every = 100
+  config.eval_every = 2000
+  config.checkpoint_every = 2000
+  return config
