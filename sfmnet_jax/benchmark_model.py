@@ -1,0 +1,122 @@
+"""Generator and train-step speed: latency, throughput, compile time, memory, GFLOP/s.
+
+Used by `python -m sfmnet_jax.benchmark model`. Every figure is measured after
+compilation (compile time reported separately) as the median of `repeats`
+timed calls; FLOPs come from XLA's cost analysis of the compiled computation.
+"""
+
+import resource
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# The release's generator, C=64, 128x128 (analytic count of its convolutions,
+# attention and FFT products): the figure the issue's PyTorch timings refer to.
+RELEASE_GFLOP_PER_IMAGE = 61.4
+
+
+def _timed(fn, args, repeats):
+  """(compile_s, [seconds per call]) of a jitted/pmapped `fn`; the first call compiles."""
+  t0 = time.perf_counter()
+  out = fn(*args)
+  jax.block_until_ready(out)
+  compile_s = time.perf_counter() - t0
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    out = fn(*args)
+    jax.block_until_ready(out)
+    times.append(time.perf_counter() - t0)
+  return compile_s, times, out
+
+
+def _cost(compiled):
+  """(flops, memory dict) of a compiled computation, where the backend reports them."""
+  flops, memory = None, {}
+  try:
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    flops = float(cost.get("flops", 0.0)) or None
+  except Exception:  # pylint: disable=broad-except
+    pass
+  try:
+    m = compiled.memory_analysis()
+    memory = {k: int(getattr(m, k)) for k in ("temp_size_in_bytes", "argument_size_in_bytes",
+                                              "output_size_in_bytes") if hasattr(m, k)}
+  except Exception:  # pylint: disable=broad-except
+    pass
+  return flops, memory
+
+
+def peak_memory():
+  """Peak bytes in use on device 0 where the backend tracks it, and the process's peak RSS."""
+  out = {"host_peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+  stats = jax.devices()[0].memory_stats() or {}
+  if "peak_bytes_in_use" in stats:
+    out["device_peak_bytes"] = int(stats["peak_bytes_in_use"])
+  return out
+
+
+def _summary(name, batch, compile_s, times, flops):
+  med = statistics.median(times)
+  row = {"name": name, "batch": batch, "compile_s": compile_s, "median_s": med,
+         "min_s": min(times), "times_s": times, "s_per_image": med / batch,
+         "images_per_s": batch / med}
+  if flops:
+    row.update(gflop_per_call=flops / 1e9, gflop_per_s=flops / 1e9 / med)
+  return row
+
+
+def forward(model, params, batch, size, repeats):
+  """Generator forward on one device: `jit(model.apply)` at the given batch size."""
+  x = jnp.asarray(np.random.default_rng(0).uniform(size=(batch, *size, 3)), jnp.float32)
+  apply = jax.jit(lambda p, v: model.apply({"params": p}, v))
+  t0 = time.perf_counter()
+  compiled = apply.lower(params, x).compile()
+  lower_compile_s = time.perf_counter() - t0
+  flops, memory = _cost(compiled)
+  _, times, _ = _timed(compiled, (params, x), repeats)
+  row = _summary(f"forward_b{batch}", batch, lower_compile_s, times, flops)
+  row["memory"] = memory
+  return row
+
+
+def train_step(config, batch, repeats):
+  """One pmap-ed training step (PSNR or GAN stage per `config.stage`) at a global batch."""
+  from sfmnet_jax import train_steps, training  # pylint: disable=g-import-not-at-top
+  n = jax.local_device_count()
+  if batch % n:
+    raise ValueError(f"batch {batch} does not split over {n} local devices")
+  model = training.build_model(config)
+  state, static, vgg_params = training.create_state(config, model)
+  size = config.data.patch_size or 128
+  rng = np.random.default_rng(0)
+  data = {k: rng.uniform(size=(n, batch // n, size, size, 3)).astype(np.float32)
+          for k in ("hr", "lr_up")}
+  p_state = train_steps.replicate(state)
+  if config.stage == "gan":
+    step_fn = train_steps.pmap_train_step(train_steps.gan_step, **static)
+    args = (p_state, data, train_steps.replicate(vgg_params))
+  else:
+    step_fn = train_steps.pmap_train_step(train_steps.psnr_step, **static)
+    args = (p_state, data)
+  t0 = time.perf_counter()
+  compiled = step_fn.lower(*args).compile()
+  compile_s = time.perf_counter() - t0
+  flops, memory = _cost(compiled)
+  times = []
+  for _ in range(repeats + 1):  # the first call warms up caches and allocators
+    t0 = time.perf_counter()
+    new_state, metrics = compiled(*args)
+    jax.block_until_ready(new_state)
+    times.append(time.perf_counter() - t0)
+    args = (new_state, *args[1:])
+  if not float(np.asarray(metrics["finite"]).min()):
+    raise RuntimeError(f"{config.stage} step produced a non-finite loss")
+  row = _summary(f"{config.stage}_step_b{batch}", batch, compile_s, times[1:],
+                 flops * n if flops else None)
+  row["memory"] = memory
+  return row
