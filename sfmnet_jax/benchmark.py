@@ -72,13 +72,18 @@ def bench_model(args):
   import jax  # pylint: disable=g-import-not-at-top
   from configs import default  # pylint: disable=g-import-not-at-top
   from sfmnet_jax import benchmark_model as bm, training  # pylint: disable=g-import-not-at-top
-  config = default.get_config()
-  config.dtype = args.dtype
-  config.model.num_features = args.num_features
+  def config_for(stage):
+    cfg = default.get_config()
+    cfg.dtype, cfg.stage = args.dtype, stage
+    cfg.model.num_features = args.num_features
+    cfg.data.patch_size = None if args.size == 128 else args.size
+    cfg.perceptual.weights = "random"
+    return cfg
+
   info = machine_info()
   print(f"SFMNet C={args.num_features}, {args.size}x{args.size}, {args.dtype} compute, "
         f"on {info['device']} ({info['platform']}, {info['device_count']} devices)")
-  model = training.build_model(config)
+  model = training.build_model(config_for("psnr"))
   params = jax.device_put(training.init_generator(model, 0, (args.size,) * 2)["params"])
   rows = []
 
@@ -93,12 +98,7 @@ def bench_model(args):
     show(bm.forward(model, params, b, (args.size,) * 2, args.repeats))
   if args.train:
     for stage in ("psnr", "gan"):
-      cfg = default.get_config()
-      cfg.dtype, cfg.stage = args.dtype, stage
-      cfg.model.num_features = args.num_features
-      cfg.data.patch_size = None if args.size == 128 else args.size
-      cfg.perceptual.weights = "random"
-      show(bm.train_step(cfg, args.train_batch, max(2, args.repeats // 2)))
+      show(bm.train_step(config_for(stage), args.train_batch, max(2, args.repeats // 2)))
   result = {"benchmark": "model", "num_features": args.num_features, "size": args.size,
             "dtype": args.dtype, "rows": rows, "memory": bm.peak_memory(), "machine": info,
             "release_gflop_per_image": bm.RELEASE_GFLOP_PER_IMAGE}

@@ -18,19 +18,15 @@ import numpy as np
 RELEASE_GFLOP_PER_IMAGE = 61.4
 
 
-def _timed(fn, args, repeats):
-  """(compile_s, [seconds per call]) of a jitted/pmapped `fn`; the first call compiles."""
-  t0 = time.perf_counter()
-  out = fn(*args)
-  jax.block_until_ready(out)
-  compile_s = time.perf_counter() - t0
+def time_calls(fn, args, repeats):
+  """Seconds per call of `fn(*args)` for `repeats` calls, after one untimed warm-up call."""
+  jax.block_until_ready(fn(*args))
   times = []
   for _ in range(repeats):
     t0 = time.perf_counter()
-    out = fn(*args)
-    jax.block_until_ready(out)
+    jax.block_until_ready(fn(*args))
     times.append(time.perf_counter() - t0)
-  return compile_s, times, out
+  return times
 
 
 def _cost(compiled):
@@ -78,8 +74,8 @@ def forward(model, params, batch, size, repeats):
   compiled = apply.lower(params, x).compile()
   lower_compile_s = time.perf_counter() - t0
   flops, memory = _cost(compiled)
-  _, times, _ = _timed(compiled, (params, x), repeats)
-  row = _summary(f"forward_b{batch}", batch, lower_compile_s, times, flops)
+  row = _summary(f"forward_b{batch}", batch, lower_compile_s,
+                 time_calls(compiled, (params, x), repeats), flops)
   row["memory"] = memory
   return row
 
@@ -107,7 +103,7 @@ def train_step(config, batch, repeats):
   compiled = step_fn.lower(*args).compile()
   compile_s = time.perf_counter() - t0
   flops, memory = _cost(compiled)
-  times = []
+  times = []  # not time_calls: each step consumes the state (donated on accelerators)
   for _ in range(repeats + 1):  # the first call warms up caches and allocators
     t0 = time.perf_counter()
     new_state, metrics = compiled(*args)

@@ -20,6 +20,7 @@ import ml_collections
 import numpy as np
 
 from sfmnet_jax import checkpoints, input_pipeline as ip, runtime, train_steps
+from sfmnet_jax.benchmark_model import time_calls
 from sfmnet_jax.datasets import sources
 from sfmnet_jax.evaluation import evaluate_split
 from sfmnet_jax.metrics import CROP
@@ -79,23 +80,13 @@ def time_generator(model, variables, batch_size, repeats=10):
   t0 = time.perf_counter()
   compiled = apply.lower(variables, one).compile()
   compile_s = time.perf_counter() - t0
-  jax.block_until_ready(compiled(variables, one))
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(compiled(variables, one))
-    times.append(time.perf_counter() - t0)
+  times = time_calls(compiled, (variables, one), repeats)
   n = jax.local_device_count()
   per_dev = max(batch_size // n, 1)
   p_forward = train_steps.pmap_generator(model)
   p_params = train_steps.replicate(variables["params"])
   batch = np.zeros((n, per_dev, 128, 128, 3), np.float32)
-  jax.block_until_ready(p_forward(p_params, batch))
-  batch_times = []
-  for _ in range(max(repeats // 2, 2)):
-    t0 = time.perf_counter()
-    jax.block_until_ready(p_forward(p_params, batch))
-    batch_times.append(time.perf_counter() - t0)
+  batch_times = time_calls(p_forward, (p_params, batch), max(repeats // 2, 2))
   return {"compile_s": compile_s, "ms_per_image_batch1": 1e3 * float(np.median(times)),
           "images_per_s": n * per_dev / float(np.median(batch_times)),
           "batch_size": n * per_dev, "device": runtime.device_name(),
