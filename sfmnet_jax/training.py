@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from clu import metric_writers, periodic_actions
+from flax.traverse_util import flatten_dict
 from jax.experimental import multihost_utils
 
 from sfmnet_jax import checkpoints, input_pipeline as ip, train_steps
@@ -25,6 +26,7 @@ from sfmnet_jax.datasets import sources
 from sfmnet_jax.discriminators import FrequencyDiscriminator, SpatialDiscriminator, init_discriminator
 from sfmnet_jax.evaluation import evaluate_split, sample_grid
 from sfmnet_jax.models import SFMNet, init_generator
+from sfmnet_jax.visualize import save_png
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -148,7 +150,7 @@ def train_and_evaluate(config, workdir: str):
     train_iter.check_state(data_state)
 
   if start_step == 0 and is_main:
-    writer.write_hparams({k: v for k, v in _flatten(config.to_dict()).items()
+    writer.write_hparams({k: v for k, v in flatten_dict(config.to_dict(), sep=".").items()
                           if isinstance(v, (int, float, str, bool))})
   step_fn = train_steps.psnr_step if config.stage == "psnr" else train_steps.gan_step
   p_step = train_steps.pmap_train_step(step_fn, **static)
@@ -178,7 +180,6 @@ def train_and_evaluate(config, workdir: str):
     if is_main:
       image = sample_grid(model, params, test_split, scale, config.num_sample_images)
       writer.write_images(step, {"samples": image[None]})
-      from sfmnet_jax.visualize import save_png  # pylint: disable=g-import-not-at-top
       save_png(image, os.path.join(workdir, "samples", f"step_{step:07d}.png"))
     return result["mean"]
 
@@ -228,13 +229,3 @@ def _get_splits(data_config):
   if splits is None:
     splits = sources.get_split(data_config, "train"), sources.get_split(data_config, "test")
   return splits
-
-
-def _flatten(d, prefix=""):
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(_flatten(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = v
-  return out
