@@ -16,7 +16,8 @@ def get_config():
 
   # Generator (the release: C=64, 2 ResBlocks per group, 8 heads, shared fusion attention).
   config.model = ml_collections.ConfigDict(dict(
-      num_features=64, num_resblocks=2, num_heads=8, share_fusion_attention=True))
+      num_features=64, num_resblocks=2, num_heads=8, share_fusion_attention=True,
+      remat=False))  # remat: recompute blocks in the backward pass (less memory, slower)
 
   config.data = ml_collections.ConfigDict(dict(
       source="folder",  # "demo" | "folder" (release layout) | "celeba" (tfds celeb_a)
@@ -54,7 +55,9 @@ def get_config():
   config.init_from_ema = False
 
   config.log_every = 50
-  config.eval_every = 5000
+  config.max_steps_in_flight = 2  # steps dispatched ahead of the last completed one
+  config.prefetch_batches = 2  # batches placed on the devices ahead of their step
+  config.eval_every = 5000  # <= 0: no validation (not even at the end)
   config.eval_limit = -1  # > 0: validate on the first N test images only
   config.num_sample_images = 4
   config.checkpoint_every = 5000

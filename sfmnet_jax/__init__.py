@@ -1,13 +1,20 @@
-"""sfmnet_jax: SFMNet (Spatial-Frequency Mutual Learning for Face Super-resolution) in JAX/Flax."""
+"""sfmnet_jax: SFMNet (Spatial-Frequency Mutual Learning for Face Super-resolution) in JAX/Flax.
 
-from sfmnet_jax import runtime
+Importing the package changes nothing in the process. The entry points
+(`train.py`, `evaluate.py`, `python -m sfmnet_jax.*`) call
+`sfmnet_jax.runtime.prepare_process()` first, which sets the XLA:CPU flags
+this project is tuned with; library users may call it themselves before JAX
+starts (see `runtime.py`).
+"""
 
-runtime.configure_xla_flags()  # before JAX starts its backend; see runtime.py
+import importlib
 
-# pylint: disable=g-import-not-at-top,wrong-import-position
+_EXPORTS = {"SFMNet": "models", "count_params": "models", "init_generator": "models",
+            "load_release_weights": "release_weights", "WeightFileError": "release_weights"}
+__all__ = sorted(_EXPORTS)
 
-from sfmnet_jax.models import SFMNet, count_params, init_generator
-from sfmnet_jax.release_weights import WeightFileError, load_release_weights
 
-__all__ = ["SFMNet", "count_params", "init_generator", "load_release_weights",
-           "WeightFileError"]
+def __getattr__(name):  # lazy, so that `import sfmnet_jax.runtime` does not import JAX
+  if name in _EXPORTS:
+    return getattr(importlib.import_module(f"sfmnet_jax.{_EXPORTS[name]}"), name)
+  raise AttributeError(f"module 'sfmnet_jax' has no attribute {name!r}")

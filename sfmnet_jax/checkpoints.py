@@ -74,40 +74,65 @@ def _as_numpy(tree):
   return jax.tree_util.tree_map(np.asarray, tree)
 
 
-def _split_step_dir(path: str) -> Tuple[str, Optional[int]]:
-  """`.../run/123` (a step folder) -> (`.../run`, 123); a manager directory -> (path, None)."""
-  path = os.path.abspath(path)
-  base = os.path.basename(path.rstrip(os.sep))
-  if base.isdigit() and os.path.isdir(os.path.join(path, "meta")):
-    return os.path.dirname(path), int(base)
-  return path, None
+ACCEPTED = ("a training workdir, its checkpoints/ folder, one of its step folders, a folder "
+            "written by `python -m sfmnet_jax.convert`, or a release .pth/.npz file")
 
 
-def load_generator(path: str, *, use_ema: bool = True, dtype=None):
-  """Loads a generator from a checkpoint directory, step folder or release file.
+def _is_step_dir(path: str) -> bool:
+  return (os.path.basename(path.rstrip(os.sep)).isdigit()
+          and any(os.path.isdir(os.path.join(path, item)) for item in ITEMS))
 
-  Returns `(model, variables, info)`, where `info` holds `source`, `step`,
-  `scale` (None when unknown) and `ema` (whether EMA weights were used).
+
+def _has_steps(path: str) -> bool:
+  return any(_is_step_dir(os.path.join(path, name)) for name in os.listdir(path))
+
+
+def locate(path) -> Tuple[str, Optional[str], Optional[int]]:
+  """Where a checkpoint a user names lives: ("file", path, None) or ("orbax", directory, step).
+
+  Accepts everything in ACCEPTED; `step` is None for "the latest".
   """
-  path = os.fspath(path)
-  overrides = {} if dtype is None else {"dtype": dtype}
+  path = os.path.abspath(os.path.expanduser(os.fspath(path)))
   if not os.path.exists(path):
-    raise FileNotFoundError(
-        f"checkpoint not found: {path} (give a training workdir, one of its step "
-        "folders, a folder written by `python -m sfmnet_jax.convert`, or a release "
-        ".pth/.npz file)")
+    raise FileNotFoundError(f"checkpoint not found: {path} (give {ACCEPTED})")
   if os.path.isfile(path):
-    model, variables = load_release_weights(path, **overrides)
-    return model, variables, {"source": path, "step": None, "scale": None, "ema": False}
-  directory, step = _split_step_dir(path)
-  mngr = manager(directory, create=False)
-  if step is None and mngr.latest_step() is None:
-    raise FileNotFoundError(f"{path}: a folder with no Orbax checkpoint in it")
-  state, meta = restore(mngr, step)
+    return "file", path, None
+  if _is_step_dir(path):
+    return "orbax", os.path.dirname(path.rstrip(os.sep)), int(os.path.basename(path.rstrip(os.sep)))
+  if _has_steps(path):
+    return "orbax", path, None
+  nested = os.path.join(path, "checkpoints")
+  if os.path.isdir(nested) and _has_steps(nested):
+    return "orbax", nested, None
+  raise FileNotFoundError(f"{path}: no checkpoint in this folder (give {ACCEPTED})")
+
+
+def load_generator(path, *, use_ema: bool = True, dtype=None, scale: Optional[int] = None,
+                   scale_flag: str = "--config.data.scale"):
+  """Loads a generator from anything `locate` accepts, with the architecture it records.
+
+  The generator's width and depth come from the checkpoint (its metadata, or a
+  release file's shapes). `scale` is the data's scale: a checkpoint recorded
+  for another scale is an error naming `scale_flag`, the flag that fixes it.
+  Returns `(model, variables, info)`, where `info` holds `source`, `step`,
+  `scale` (recorded, else the given one; None when neither is known) and
+  `ema` (whether EMA weights were used).
+  """
+  kind, where, step = locate(path)
+  overrides = {} if dtype is None else {"dtype": dtype}
+  if kind == "file":
+    model, variables = load_release_weights(where, **overrides)
+    return model, variables, {"source": where, "step": None, "scale": scale, "ema": False}
+  mngr = manager(where, create=False)
   step = mngr.latest_step() if step is None else step
-  generator = state["generator"]
+  state, meta = restore(mngr, step)
+  recorded = meta.get("scale")
+  if scale is not None and recorded is not None and recorded != scale:
+    raise ValueError(f"{path} holds a x{recorded} model and the data is x{scale}: set "
+                     f"{scale_flag}={recorded}, or pick a x{scale} checkpoint")
   ema = use_ema and state.get("ema_params") is not None
-  params = state["ema_params"] if ema else generator["params"]
+  params = state["ema_params"] if ema else state["generator"]["params"]
   model = model_from_meta(meta["model"], **overrides)
-  info = {"source": path, "step": step, "scale": meta.get("scale"), "ema": ema}
+  info = {"source": where, "step": step, "scale": recorded if recorded is not None else scale,
+          "ema": ema}
   return model, {"params": _as_numpy(params)}, info

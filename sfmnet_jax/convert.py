@@ -1,6 +1,6 @@
 r"""Converts the authors' released generator weights to an Orbax checkpoint.
 
-  python -m sfmnet_jax.convert RELEASE.pth OUTPUT_DIR [--scale 8] [--step 0]
+  python -m sfmnet_jax.convert RELEASE.pth OUTPUT_DIR [--scale=8] [--step=0]
 
 RELEASE is a PyTorch `.pth` state_dict (read without torch when it is in
 PyTorch's zip format) or an `.npz` of its entries. OUTPUT_DIR becomes an
@@ -9,11 +9,10 @@ Orbax checkpoint directory (see `checkpoints.py`) that `evaluate.py
 (`--config.init_from`) read.
 """
 
-import argparse
 import os
 import sys
 
-from sfmnet_jax import checkpoints
+from sfmnet_jax import checkpoints, cli
 from sfmnet_jax.models import count_params
 from sfmnet_jax.release_weights import WeightFileError, load_release_weights
 
@@ -37,22 +36,26 @@ def convert(release_path: str, output_dir: str, scale=None, step: int = 0) -> st
   return os.path.join(os.path.abspath(output_dir), str(step))
 
 
-def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("release", help="release generator weights (.pth or .npz)")
-  parser.add_argument("output_dir", help="Orbax checkpoint directory to write")
-  parser.add_argument("--scale", type=int, choices=(4, 8, 16), default=None,
-                      help="upscaling factor the weights were trained for (recorded)")
-  parser.add_argument("--step", type=int, default=0, help="step number to save under")
-  args = parser.parse_args(argv)
+def define_flags(fv):
+  cli.flags.DEFINE_enum("scale", None, ["4", "8", "16"],
+                        "Upscaling factor the weights were trained for (recorded).", flag_values=fv)
+  cli.flags.DEFINE_integer("step", 0, "Step number to save under.", flag_values=fv)
+
+
+def _main(fv, positional) -> int:
+  if len(positional) != 2:
+    raise cli.UsageError("give RELEASE (.pth or .npz) and OUTPUT_DIR")
   try:
-    where = convert(args.release, args.output_dir, args.scale, args.step)
+    where = convert(positional[0], positional[1], int(fv.scale) if fv.scale else None, fv.step)
   except (FileNotFoundError, FileExistsError, WeightFileError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
   print(f"wrote {where}")
   return 0
+
+
+def main(argv=None) -> int:
+  return cli.run(_main, argv, define_flags, __doc__, "python -m sfmnet_jax.convert")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """The two LightCNN-9 style discriminators of SFMNet's GAN stage (NHWC).
 
-Names follow LightCNN's `network_9layers` (`features.N`, `fc1`, `fc2`) under
-the same naming rule as the generator, and the flatten runs in PyTorch's
-(C, H, W) order, so PyTorch discriminator weights map by `release_weights`.
+Parameter names are the release's (`model/discriminator.py`: `features.N` and
+`classifier.N` in `network_9layers` and `network_9layers_fft`) under the
+generator's naming rule, and the flatten runs in PyTorch's (C, H, W) order, so
+the release's discriminator state_dicts load by `release_weights`.
 """
 
 from typing import Any
@@ -12,9 +13,11 @@ import jax
 import jax.numpy as jnp
 
 from sfmnet_jax import spectral
-from sfmnet_jax.layers import abstract_variables, host_init, torch_bias_init, torch_kernel_init
+from sfmnet_jax.layers import (abstract_variables, host_init, sequential, torch_bias_init,
+                               torch_kernel_init)
 
 Dtype = Any
+INPUT_SIZE = (128, 128)  # the flatten sizes (8*8*128, 5120) fix the input size
 
 
 class MFM(nn.Module):
@@ -82,20 +85,25 @@ class LightCNN9(nn.Module):
                        f"got shape {tuple(images.shape)}")
     dt = self.dtype
     x = self.prepare(jnp.asarray(images, jnp.float32))
-    x = MFM(48, 5, 2, dtype=dt, name="features_0")(x)  # release: features.0
-    x = max_pool_ceil(x)
-    x = Group(96, dtype=dt, name="features_2")(x)
-    x = max_pool_ceil(x)
-    x = Group(192, dtype=dt, name="features_4")(x)
-    x = max_pool_ceil(x)
-    x = Group(128, dtype=dt, name="features_6")(x)
-    x = Group(128, dtype=dt, name="features_7")(x)
-    x = max_pool_ceil(x)
+    x = sequential(
+        "features",
+        MFM(48, 5, 2, dtype=dt),
+        max_pool_ceil,
+        Group(96, dtype=dt),
+        max_pool_ceil,
+        Group(192, dtype=dt),
+        max_pool_ceil,
+        Group(128, dtype=dt),
+        Group(128, dtype=dt),
+        max_pool_ceil,
+    )(x)
     x = x.transpose(0, 3, 1, 2).reshape(x.shape[0], -1)  # PyTorch's (C, H, W) flatten
-    x = MFM(256, linear=True, dtype=dt, name="fc1")(x)
-    x = nn.leaky_relu(x, 0.2)
-    x = nn.Dense(1, dtype=dt, kernel_init=torch_kernel_init, bias_init=torch_bias_init(256),
-                 name="fc2")(x)
+    x = sequential(
+        "classifier",
+        MFM(256, linear=True, dtype=dt),
+        lambda t: nn.leaky_relu(t, 0.2),
+        nn.Dense(1, dtype=dt, kernel_init=torch_kernel_init, bias_init=torch_bias_init(256)),
+    )(x)
     return x[:, 0].astype(jnp.float32)
 
 
@@ -111,6 +119,6 @@ class FrequencyDiscriminator(LightCNN9):
     return jnp.concatenate([amp, pha], axis=-1)
 
 
-def init_discriminator(model: nn.Module, seed: int = 0, image_size=(128, 128)):
+def init_discriminator(model: nn.Module, seed: int = 0, image_size=INPUT_SIZE):
   """A discriminator's variables for images of `image_size`, initialised on the host."""
   return {"params": host_init(abstract_variables(model, image_size)["params"], seed)}

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from sfmnet_jax import input_pipeline as ip, metrics, resize
+from sfmnet_jax import degradation, input_pipeline as ip, metrics
 from sfmnet_jax.datasets import demo_faces
 from sfmnet_jax.datasets.sources import Split
 from sfmnet_jax.visualize import grid
@@ -32,25 +32,26 @@ def predict_split(p_forward: Callable, p_params, split: Split, scale: int, shard
     yield {k: v[keep] for k, v in flat.items()}
 
 
-def image_metrics(batch) -> Dict[str, np.ndarray]:
+def image_metrics(batch, round_y: bool = True) -> Dict[str, np.ndarray]:
   """Per-image metrics of a predicted batch: the model's and the bicubic baseline's."""
-  model = metrics.y_metrics(batch["sr"], batch["hr"])
-  bicubic = metrics.y_metrics(batch["lr_up"], batch["hr"])
+  model = metrics.y_metrics(batch["sr"], batch["hr"], round_y=round_y)
+  bicubic = metrics.y_metrics(batch["lr_up"], batch["hr"], round_y=round_y)
   out = dict(model)
   out.update({f"bicubic_{k}": v for k, v in bicubic.items()})
   return out
 
 
 def evaluate_split(p_forward, p_params, split, scale, sharding, limit=None,
-                   per_image_fn: Optional[Callable] = None):
+                   per_image_fn: Optional[Callable] = None, round_y: bool = True):
   """Means over every image of `split` (all processes) and this process's per-image values.
 
   `per_image_fn(batch, values)` may add values (e.g. LPIPS) or write outputs.
+  `round_y` (the release's protocol) rounds the Y channel to integers.
   Returns {"mean": {...}, "per_image": {index: {...}}, "count": n}.
   """
   per_image = {}
   for batch in predict_split(p_forward, p_params, split, scale, sharding, limit):
-    values = image_metrics(batch)
+    values = image_metrics(batch, round_y)
     if per_image_fn is not None:
       values.update(per_image_fn(batch, values) or {})
     for i, index in enumerate(batch["index"]):
@@ -80,10 +81,10 @@ def sample_images(split: Split, scale: int, n: int):
   out = {"hr": [], "lr": [], "lr_up": []}
   for hr in hrs:
     hr8 = metrics.quantize(hr)
-    lr = resize.resize_uint8(hr8, (hr8.shape[0] // scale,) * 2)
+    lr, lr_up = degradation.degrade(hr8, scale)
     out["hr"].append(hr8)
     out["lr"].append(lr)
-    out["lr_up"].append(resize.resize_uint8(lr, hr8.shape[:2]))
+    out["lr_up"].append(lr_up)
   return {k: np.stack(v) for k, v in out.items()}
 
 

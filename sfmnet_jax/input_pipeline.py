@@ -23,12 +23,9 @@ from typing import Dict, Iterator, Optional
 import numpy as np
 import tensorflow as tf
 
-from sfmnet_jax import resize
-from sfmnet_jax.datasets import face_folder
+from sfmnet_jax import degradation, resize
+from sfmnet_jax.degradation import HR_SIZE
 from sfmnet_jax.datasets.sources import Split
-
-HR_SIZE = 128
-
 
 def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
   return np.random.default_rng([seed, epoch]).permutation(n)
@@ -95,13 +92,13 @@ def _process(split: Split, scale: int, record: Dict[str, tf.Tensor], flip) -> Di
     image = tf.io.decode_image(record[split.image_key], channels=3, expand_animations=False)
     crop = image[top:top + side, left:left + side]
     hr = resize.tf_resize_uint8(tf.ensure_shape(crop, (side, side, 3)), (HR_SIZE, HR_SIZE))
-  lr_size = HR_SIZE // scale
+  lr_size = degradation.lr_size(scale)
   if split.has_lr:
     lr = _decode(record["lr"], (lr_size, lr_size, 3))
   else:
-    lr = resize.tf_resize_uint8(hr, (lr_size, lr_size))
+    lr = degradation.make_lr(hr, scale, resize.tf_resize_uint8)
   hr, lr = tf.cond(flip, lambda: (hr[:, ::-1], lr[:, ::-1]), lambda: (hr, lr))
-  lr_up = resize.tf_resize_uint8(lr, (HR_SIZE, HR_SIZE))
+  lr_up = degradation.upsample_lr(lr, resize_fn=resize.tf_resize_uint8)
   to_float = lambda x: tf.cast(x, tf.float32) / 255.0  # noqa: E731
   return {"hr": to_float(hr), "lr": to_float(lr), "lr_up": to_float(lr_up)}
 
@@ -155,7 +152,7 @@ def train_dataset(split: Split, scale: int, sharding: Sharding, *, seed: int, st
   LR-up patch is cut from the LR-up of the whole face, as full-face training
   sees it); the patch position is seeded like the flips.
   """
-  face_folder.check_scale(scale)
+  degradation.check_scale(scale)
   check_patch_size(patch_size, scale)
   n, g = split.num_examples, sharding.global_batch
   if n < g:
@@ -239,10 +236,12 @@ class TrainIterator:
     self.step += 1
     return batch
 
-  def state(self) -> Dict[str, int]:
-    """Where the next batch comes from: pass it to `check_state` and `start_step` to resume."""
-    return {"step": self.step, "seed": self.seed, "num_examples": self.split.num_examples,
-            "global_batch": self.sharding.global_batch}
+  def state(self, step: Optional[int] = None) -> Dict[str, int]:
+    """Where batch `step` (default: the next one read) comes from: pass it to `check_state`
+    and `start_step` to resume. A consumer that reads ahead (device prefetch) names the step
+    it has trained on."""
+    return {"step": self.step if step is None else int(step), "seed": self.seed,
+            "num_examples": self.split.num_examples, "global_batch": self.sharding.global_batch}
 
   def check_state(self, state: Dict[str, int]) -> None:
     mine = self.state()

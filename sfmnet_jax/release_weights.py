@@ -79,18 +79,17 @@ def infer_architecture(state_dict: Mapping[str, np.ndarray]) -> Dict[str, int]:
   return {"num_features": num_features, "num_resblocks": max(blocks)}
 
 
-def state_dict_to_params(state_dict: Mapping[str, np.ndarray], model: SFMNet):
-  """Converts a release state_dict to `model`'s parameters, checking names and shapes.
+def convert_state_dict(state_dict: Mapping[str, np.ndarray], abstract_params, description: str,
+                       skip=None):
+  """A release state_dict as the Flax parameters `abstract_params` describes, checked.
 
   Raises WeightFileError listing every missing key, unexpected key and shape
-  mismatch. `spa_att` entries are accepted and ignored when the model shares
-  the fusion attention (the release's behaviour).
+  mismatch. Names matching the regex `skip` are accepted and ignored.
   """
-  expected = abstract_variables(model)["params"]
-  expected = traverse_util.flatten_dict(expected)
+  expected = traverse_util.flatten_dict(abstract_params)
   converted, unexpected, mismatched, mismatched_paths = {}, [], [], set()
   for name, value in state_dict.items():
-    if model.share_fusion_attention and _UNUSED_RELEASE.match(name):
+    if skip is not None and skip.match(name):
       continue
     path, array = to_flax_array(name, value)
     if path not in expected:
@@ -104,9 +103,7 @@ def state_dict_to_params(state_dict: Mapping[str, np.ndarray], model: SFMNet):
   missing = sorted(to_release_name(p, np.zeros(s.shape))[0] for p, s in expected.items()
                    if p not in converted and p not in mismatched_paths)
   if missing or unexpected or mismatched:
-    lines = ["the weights do not fit SFMNet("
-             f"num_features={model.num_features}, num_resblocks={model.num_resblocks}, "
-             f"share_fusion_attention={model.share_fusion_attention}):"]
+    lines = [f"the weights do not fit {description}:"]
     for title, items in (("missing", missing), ("unexpected", sorted(unexpected)),
                          ("shape mismatch", mismatched)):
       if items:
@@ -114,6 +111,18 @@ def state_dict_to_params(state_dict: Mapping[str, np.ndarray], model: SFMNet):
                      + (" ..." if len(items) > 20 else ""))
     raise WeightFileError("\n".join(lines))
   return traverse_util.unflatten_dict(converted)
+
+
+def state_dict_to_params(state_dict: Mapping[str, np.ndarray], model: SFMNet):
+  """Converts a release generator state_dict to `model`'s parameters (see convert_state_dict).
+
+  `spa_att` entries are accepted and ignored when the model shares the fusion
+  attention (the release's behaviour).
+  """
+  description = (f"SFMNet(num_features={model.num_features}, num_resblocks="
+                 f"{model.num_resblocks}, share_fusion_attention={model.share_fusion_attention})")
+  return convert_state_dict(state_dict, abstract_variables(model)["params"], description,
+                            _UNUSED_RELEASE if model.share_fusion_attention else None)
 
 
 def read_state_dict(path: str) -> Dict[str, np.ndarray]:
@@ -154,3 +163,17 @@ def load_release_weights(path, *, share_fusion_attention: bool = True, dtype=Non
   except WeightFileError as e:
     raise WeightFileError(f"{path}: {e}") from None
   return model, {"params": params}
+
+
+def load_release_discriminator(weights, kind: str):
+  """(module, variables) of the release's `network_9layers` ("spatial") or `network_9layers_fft`
+  ("frequency") from a state_dict, or a `.pth`/`.npz` file holding one."""
+  from sfmnet_jax import discriminators  # pylint: disable=g-import-not-at-top
+  classes = {"spatial": discriminators.SpatialDiscriminator,
+             "frequency": discriminators.FrequencyDiscriminator}
+  if kind not in classes:
+    raise ValueError(f"kind must be one of {sorted(classes)}, got {kind!r}")
+  state_dict = weights if isinstance(weights, Mapping) else read_state_dict(weights)
+  module = classes[kind]()
+  abstract = abstract_variables(module, discriminators.INPUT_SIZE)["params"]
+  return module, {"params": convert_state_dict(state_dict, abstract, type(module).__name__)}

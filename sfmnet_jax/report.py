@@ -22,6 +22,7 @@ import numpy as np
 from sfmnet_jax import checkpoints, input_pipeline as ip, runtime, train_steps
 from sfmnet_jax.benchmark_model import time_calls
 from sfmnet_jax.datasets import sources
+from sfmnet_jax.degradation import HR_SIZE
 from sfmnet_jax.evaluation import evaluate_split
 from sfmnet_jax.metrics import CROP
 from sfmnet_jax.models import count_params
@@ -35,18 +36,15 @@ COLUMNS = [("psnr", "PSNR↑", 2), ("ssim", "SSIM↑", 4), ("ssim_matlab", "SSIM
            ("lpips", "LPIPS↓", 4), ("identity", "Identity↑", 4)]
 
 
-def load_checked_generator(checkpoint, config, use_ema=True):
-  """The checkpoint's generator; errors when its scale or width differs from the config's."""
-  model, variables, info = checkpoints.load_generator(checkpoint, use_ema=use_ema)
-  if info["scale"] is not None and info["scale"] != config.data.scale:
-    raise ValueError(f"{checkpoint} holds a x{info['scale']} model, the config asks for "
-                     f"x{config.data.scale} (set --config.data.scale={info['scale']} or pick "
-                     "the matching checkpoint)")
-  want = {k: config.model[k] for k in ("num_features", "num_resblocks")}
-  have = {k: getattr(model, k) for k in want}
-  if want != have:
-    raise ValueError(f"{checkpoint} holds a generator with {have}, the config describes {want}: "
-                     "use the config the checkpoint was trained with")
+def load_generator_for(checkpoint, config, use_ema=True):
+  """The checkpoint's generator for the config's data: its scale must match, its width wins."""
+  model, variables, info = checkpoints.load_generator(checkpoint, use_ema=use_ema,
+                                                      scale=config.data.scale)
+  configured = {k: config.model[k] for k in ("num_features", "num_resblocks")}
+  recorded = {k: getattr(model, k) for k in configured}
+  if recorded != configured:
+    logging.info("%s holds a generator with %s (the config says %s): using the checkpoint's",
+                 checkpoint, recorded, configured)
   return model, variables, info
 
 
@@ -76,7 +74,7 @@ def _file_names(split, indices):
 def time_generator(model, variables, batch_size, repeats=10):
   """Compile time, ms per image at batch 1, images/s at `batch_size` (local devices)."""
   apply = jax.jit(model.apply)
-  one = np.zeros((1, 128, 128, 3), np.float32)
+  one = np.zeros((1, HR_SIZE, HR_SIZE, 3), np.float32)
   t0 = time.perf_counter()
   compiled = apply.lower(variables, one).compile()
   compile_s = time.perf_counter() - t0
@@ -85,7 +83,7 @@ def time_generator(model, variables, batch_size, repeats=10):
   per_dev = max(batch_size // n, 1)
   p_forward = train_steps.pmap_generator(model)
   p_params = train_steps.replicate(variables["params"])
-  batch = np.zeros((n, per_dev, 128, 128, 3), np.float32)
+  batch = np.zeros((n, per_dev, HR_SIZE, HR_SIZE, 3), np.float32)
   batch_times = time_calls(p_forward, (p_params, batch), max(repeats // 2, 2))
   return {"compile_s": compile_s, "ms_per_image_batch1": 1e3 * float(np.median(times)),
           "images_per_s": n * per_dev / float(np.median(batch_times)),
@@ -131,25 +129,48 @@ def markdown_table(report) -> str:
     ms = "–" if name == "Bicubic" else f"{report['timing']['ms_per_image_batch1']:.1f}"
     lines.append(f"| {name} | {params} | " + " | ".join(cells) + f" | {ms} |")
   t = report["timing"]
+  y_note = ("rounded to integers, as the release's rgb2ycbcr does" if report["round_y"]
+            else "kept as float, not the release's protocol")
   lines += ["", f"{report['count']} images, x{report['scale']}. PSNR/SSIM on the Y channel "
-            f"(BT.601), uint8, {CROP}-pixel border crop. SSIM: scikit-image's 7x7 uniform "
+            f"(BT.601; {y_note}) of uint8 images, {CROP}-pixel border crop. SSIM: "
+            "scikit-image's 7x7 uniform "
             "window (the release's); SSIM (MATLAB): 11x11 Gaussian, sigma 1.5. LPIPS: AlexNet, "
             "v0.1 heads, inputs in [-1, 1], same crop. Identity: cosine similarity of dlib "
             "face-recognition embeddings of the output and HR"
             + ("" if rows["model"].get("identity") is not None
                else f" ({report.get('identity_note')})") + ".",
+            *([f"Faces aligned from photos ({report['alignment']['convention']} convention): "
+               f"{report['alignment']['written']} written, {report['alignment']['no_face']} "
+               "without a face, see aligned/prepare_log.json."] if report.get("alignment")
+              else []),
             f"Time: batch 1 on {t['device']}; {t['images_per_s']:.2f} images/s at batch "
             f"{t['batch_size']} on {t['device_count']} device(s); compile {t['compile_s']:.1f} s."]
   return "\n".join(lines)
 
 
 def evaluate_checkpoint(config, checkpoint, output_dir, *, data_dir=None, batch_size=None,
-                        use_ema=True, identity=True, num_grid=6, limit=None, save_images=True):
-  """Evaluates `checkpoint` on the config's test data (or the face folder `data_dir`)."""
+                        use_ema=True, identity=True, num_grid=6, limit=None, save_images=True,
+                        round_y=True, align=None, align_upsample=1):
+  """Evaluates `checkpoint` on the config's test data (or the face folder `data_dir`).
+
+  With `align` (a convention), `data_dir` holds unaligned photos: they are
+  detected, aligned and cropped first (`datasets.prepare`, into
+  output_dir/aligned, resumable), and the report records how.
+  """
   data = ml_collections.ConfigDict(config.data.to_dict())
+  alignment_note = None
+  if align:
+    if not data_dir:
+      raise ValueError("align needs data_dir, a folder of photos")
+    from sfmnet_jax.datasets import prepare  # pylint: disable=g-import-not-at-top
+    aligned = os.path.join(output_dir, "aligned")
+    counts = prepare.prepare(data_dir, aligned, align, upsample=align_upsample, progress=False)
+    alignment_note = {"convention": align, "photos": data_dir, "aligned_dir": aligned, **counts}
+    logging.info("Aligned %s (%s): %s", data_dir, align, prepare.summary_line(counts, aligned))
+    data_dir = aligned
   if data_dir:
     data.source, data.test_dir = "folder", data_dir
-  model, variables, info = load_checked_generator(checkpoint, config, use_ema)
+  model, variables, info = load_generator_for(checkpoint, config, use_ema)
   split = sources.get_split(data, "test")
   batch_size = batch_size or config.eval_batch_size
   sharding = ip.Sharding(batch_size, local_devices=jax.local_device_count())
@@ -167,7 +188,7 @@ def evaluate_checkpoint(config, checkpoint, output_dir, *, data_dir=None, batch_
   per_image_fn = _PerImage(names, output_dir, identity, num_grid, save_images)
   result = evaluate_split(train_steps.pmap_generator(model),
                           train_steps.replicate(variables["params"]), split, data.scale, sharding,
-                          limit=limit, per_image_fn=per_image_fn)
+                          limit=limit, per_image_fn=per_image_fn, round_y=round_y)
   if result["count"] != n:
     raise RuntimeError(f"evaluated {result['count']} images, expected {n}")
   mean = result["mean"]
@@ -178,7 +199,7 @@ def evaluate_checkpoint(config, checkpoint, output_dir, *, data_dir=None, batch_
       "scale": data.scale, "count": result["count"], "num_params": count_params(variables),
       "rows": {"bicubic": {k: mean.get(f"bicubic_{k}") for k in keys},
                "model": {k: mean.get(k) for k in keys}},
-      "identity_note": identity_note,
+      "identity_note": identity_note, "round_y": round_y, "alignment": alignment_note,
       "timing": time_generator(model, variables, batch_size),
       "checkpoint": dict(info, path=os.path.abspath(str(checkpoint))),
       "per_image": {names[i]: v for i, v in sorted(result["per_image"].items())},

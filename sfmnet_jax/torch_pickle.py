@@ -1,10 +1,10 @@
 """Reads PyTorch `.pth` state_dicts into numpy arrays, with or without torch.
 
-With torch installed, `torch.load(weights_only=True)` reads the file. Without
-it, files in PyTorch's zip format (every `torch.save` since PyTorch 1.6) are
-read by a restricted unpickler that only rebuilds tensors, ordered dicts and
-plain containers; anything else in the pickle is refused. Legacy (pre-1.6)
-files need torch; the error says how to convert them to `.npz` instead.
+Files in PyTorch's zip format (every `torch.save` since PyTorch 1.6) are read
+by a restricted unpickler that only rebuilds tensors, ordered dicts and plain
+containers; anything else in the pickle is refused, with or without torch
+installed. Legacy (pre-1.6) files need torch (`torch.load(weights_only=True)`);
+without it the error says how to convert them to `.npz` instead.
 """
 
 import collections
@@ -92,24 +92,29 @@ def _load_zip_without_torch(path: str):
 
 
 def _load_any(path: str):
+  """Zip-format files through the restricted unpickler (torch or not); legacy ones need torch."""
+  if zipfile.is_zipfile(path):
+    return _load_zip_without_torch(path)
+  with open(path, "rb") as f:
+    magic = f.read(4)
+  if magic.startswith(b"PK"):
+    raise ValueError(f"{path}: not a readable PyTorch state_dict (truncated or corrupt zip)")
+  if not magic.startswith(b"\x80"):
+    raise ValueError(f"{path}: not a readable PyTorch state_dict (neither a zip nor a pickle)")
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError:
     torch = None
-  if torch is not None:
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    return _to_numpy_tree(obj)
-  if not zipfile.is_zipfile(path):
-    with open(path, "rb") as f:
-      magic = f.read(4)
-    if magic.startswith(b"PK"):
-      raise ValueError(f"{path}: not a readable PyTorch state_dict (truncated or corrupt zip)")
-    if not magic.startswith(b"\x80"):
-      raise ValueError(f"{path}: not a readable PyTorch state_dict (neither a zip nor a pickle)")
+  if torch is None:
     raise ValueError(
         f"{path}: an older (pre-1.6) PyTorch file, which needs torch to read, and torch is "
         f"not installed. {CONVERT_HINT}")
-  return _load_zip_without_torch(path)
+  try:
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+  except (RuntimeError, pickle.UnpicklingError) as e:
+    raise ValueError(f"{path}: not a readable PyTorch state_dict ({str(e).splitlines()[0]})") \
+        from None
+  return _to_numpy_tree(obj)
 
 
 def _to_numpy_tree(obj):

@@ -11,7 +11,7 @@ from sfmnet_jax import SFMNet, WeightFileError, count_params, init_generator, lo
 from sfmnet_jax import checkpoints, convert, release_weights, torch_pickle
 from sfmnet_jax.layers import abstract_variables
 
-from conftest import FIXTURES, GOLDEN
+from helpers import FIXTURES, GOLDEN
 
 
 def _save_npz(path, state_dict, prefix=""):
@@ -117,15 +117,21 @@ def test_wrapped_state_dict_with_module_prefix():
 
 
 def test_convert_command_writes_a_loadable_orbax_checkpoint(golden, tmp_path, capsys):
-  out_dir = tmp_path / "converted"
+  workdir = tmp_path / "run"  # laid out like a training workdir: run/checkpoints/<step>
+  out_dir = workdir / "checkpoints"
   assert convert.main([str(FIXTURES / "sfmnet_w16_s32.pth"), str(out_dir), "--scale", "8"]) == 0
   assert "wrote" in capsys.readouterr().out
-  for path in (out_dir, out_dir / "0"):
-    model, variables, info = checkpoints.load_generator(str(path))
+  apply = None
+  for path in (workdir, out_dir, out_dir / "0"):  # every folder a user would pass
+    model, variables, info = checkpoints.load_generator(str(path), scale=8)
     assert info["scale"] == 8 and info["step"] == 0 and not info["ema"]
-    out, fre = jax.jit(model.apply)(variables, golden["lr_up"])
+    assert (model.num_features, model.num_resblocks) == (16, 2)  # recorded, not configured
+    apply = apply or jax.jit(model.apply)
+    out, fre = apply(variables, golden["lr_up"])
     np.testing.assert_allclose(out, golden["img_out"], atol=1e-4)
     np.testing.assert_allclose(fre, golden["img_fre"], atol=1e-4)
+  with pytest.raises(ValueError, match=r"holds a x8 model and the data is x4: set --scale=8"):
+    checkpoints.load_generator(str(workdir), scale=4, scale_flag="--scale")
   # A second conversion into the same step refuses to overwrite it.
   assert convert.main([str(GOLDEN), str(out_dir)]) == 1
   assert "already holds a checkpoint" in capsys.readouterr().err
@@ -137,5 +143,5 @@ def test_load_generator_errors(tmp_path):
   with pytest.raises(FileNotFoundError, match="checkpoint not found"):
     checkpoints.load_generator(str(tmp_path / "absent"))
   (tmp_path / "empty").mkdir()
-  with pytest.raises(FileNotFoundError, match="no Orbax checkpoint"):
+  with pytest.raises(FileNotFoundError, match="no checkpoint in this folder"):
     checkpoints.load_generator(str(tmp_path / "empty"))

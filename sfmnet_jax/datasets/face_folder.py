@@ -26,18 +26,11 @@ from typing import List, Optional
 import numpy as np
 import tensorflow_datasets as tfds
 
-from sfmnet_jax import image_io, resize
+from sfmnet_jax import degradation, image_io
+from sfmnet_jax.degradation import HR_SIZE, check_scale
 
-HR_SIZE = 128
-SCALES = (4, 8, 16)
 LR_DIRS = {4: "LR_x4_bicubic", 8: "LR_bicubic", 16: "LR_x16_bicubic"}
 SKIPPED_FILE = "skipped.json"
-
-
-def check_scale(scale) -> int:
-  if scale not in SCALES:
-    raise ValueError(f"scale must be one of {SCALES} (the release's x4, x8, x16), got {scale!r}")
-  return int(scale)
 
 
 @dataclasses.dataclass(eq=False)
@@ -159,7 +152,7 @@ class SfmnetFaceFolder(tfds.core.GeneratorBasedBuilder):
           raise ValueError(f"{lr_path}: LR is {lr.shape[1]}x{lr.shape[0]}, expected "
                            f"{lr_size}x{lr_size} for x{cfg.scale} of {HR_SIZE}x{HR_SIZE} HR")
       else:
-        lr = resize.resize_uint8(hr, (lr_size, lr_size))
+        lr = degradation.make_lr(hr, cfg.scale)
       count += 1
       yield name, {"hr": hr, "lr": lr, "file_name": name, "lr_from_file": lr_dir is not None}
     if count == 0:

@@ -15,6 +15,7 @@ from typing import List, Optional
 
 import tensorflow_datasets as tfds
 
+from sfmnet_jax import degradation
 from sfmnet_jax.datasets import demo_faces, face_folder
 
 FILE_FORMAT = "array_record"
@@ -126,7 +127,7 @@ SOURCES = {"demo": _demo_split, "folder": _folder_split, "celeba": _celeba_split
 
 def get_split(cfg, split: str) -> Split:
   """The prepared `split` ('train' or 'test') of the source `cfg.source` describes."""
-  face_folder.check_scale(cfg.scale)
+  degradation.check_scale(cfg.scale)
   if cfg.source not in SOURCES:
     raise ValueError(f"data.source must be one of {sorted(SOURCES)}, got {cfg.source!r}")
   if split not in ("train", "test"):

@@ -1,0 +1,51 @@
+"""Shared test helpers (a plain module: tests import it, conftest.py only configures pytest).
+
+Nothing here imports JAX: conftest.py imports FAST_COMPILE_FLAGS before JAX starts.
+"""
+
+import pathlib
+
+import numpy as np
+
+FIXTURES = pathlib.Path(__file__).parent / "fixtures"
+GOLDEN = FIXTURES / "sfmnet_w16_s32.npz"
+RELEASE_METRICS = FIXTURES / "release_metrics.npz"
+DISCRIMINATOR_GOLDEN = FIXTURES / "discriminators_golden.npz"
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+# Tests compile many small programs: trade XLA:CPU's code optimisation (not its numerics)
+# for ~40% faster compiles.
+FAST_COMPILE_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+
+
+def load_golden():
+  """The release's golden vector: state_dict (`param/...`), NHWC input and outputs."""
+  with np.load(GOLDEN) as d:
+    data = {k: d[k] for k in d.files}
+  nhwc = lambda a: a.transpose(0, 2, 3, 1)  # noqa: E731
+  return {
+      "state_dict": {k[len("param/"):]: v for k, v in data.items() if k.startswith("param/")},
+      "lr_up": nhwc(data["input/lr_up"]),
+      "img_out": nhwc(data["output/img_out"]),
+      "img_fre": nhwc(data["output/img_fre"]),
+  }
+
+
+def seeded_release_weights(shapes, seed: int, gain: float = 1.0):
+  """Deterministic weights for release state_dict names: {name: PyTorch-layout shape} -> arrays.
+
+  Each tensor is drawn from its own generator, seeded by (seed, crc32(name)), uniform in
+  gain times PyTorch's default bound 1/sqrt(fan_in) (a bias takes its weight's), so that the
+  fixture script (from the release's torch modules) and the tests (from the port's
+  parameter names) rebuild the same weights without storing them.
+  """
+  import zlib  # pylint: disable=g-import-not-at-top
+  out = {}
+  for name in sorted(shapes):
+    shape = tuple(shapes[name])
+    weight = shapes.get(name[:-len("bias")] + "weight", shape) if name.endswith("bias") else shape
+    fan_in = int(np.prod(weight[1:])) if len(weight) > 1 else 1
+    bound = gain / np.sqrt(fan_in)
+    rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
+    out[name] = rng.uniform(-bound, bound, size=shape).astype(np.float32)
+  return out
