@@ -1,32 +1,40 @@
 r"""Benchmarks that print numbers and write JSON (speed targets are checked here, not in tests).
 
-  python -m sfmnet_jax.benchmark model [--dtype bfloat16] [--batch_sizes 1,8,32]
-                                       [--train_batch 8] [--no_train] [--repeats 5]
-  python -m sfmnet_jax.benchmark input [--scale 8] [--batch_size 8] [--batches 300]
+  python -m sfmnet_jax.benchmark model [--dtype=bfloat16] [--batch_sizes=1,8,32]
+                                       [--train_batch=8] [--notrain] [--remat] [--repeats=5]
+  python -m sfmnet_jax.benchmark compare --release_dir=PATH/TO/SFMNet [--widths=16,32,64]
+  python -m sfmnet_jax.benchmark input [--scale=8] [--batch_size=8] [--batches=300]
+  python -m sfmnet_jax.benchmark photo --checkpoint=runs/demo
 
-`model`: the release-size generator (C=64, 128x128): forward latency at batch 1
-and throughput at larger batches on one device, the PSNR-stage and GAN-stage
-train steps (pmap over the local devices), compile times, memory, GFLOP/s from
-XLA's cost analysis, the device. The GAN step uses random VGG weights (its
-speed does not depend on them).
-`input`: tf.data throughput of 128x128 training batches (decode, PIL-exact
-LR and LR-up) on the demo faces.
+`model`: the generator (C=64 unless --num_features, 128x128): forward latency
+at batch 1 and throughput at larger batches on one device, the PSNR-stage and
+GAN-stage train steps (pmap over the local devices), compile times, memory,
+GFLOP/s from XLA's cost analysis, the device. The GAN step uses random VGG
+weights (its speed does not depend on them).
+`compare`: the authors' PyTorch release beside this port in one process, for
+each width: forward at batch 1 and 8 and the PSNR step at batch 8, as ratios.
+`input`: tf.data throughput of 128x128 training batches on the demo faces.
+`photo`: detection, alignment and restoration of a 1-megapixel photo with five
+small faces (the whole-photo pipeline of `sfmnet_jax.infer`).
 Results go to benchmark_results/<name>.json (or --output).
 """
 
-import argparse
-import json
-import os
-import sys
-import tempfile
-import time
+from sfmnet_jax import runtime
+
+if __name__ == "__main__":
+  runtime.prepare_process()  # before JAX starts: huge pages, XLA flags (see runtime.py)
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+import json  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+
+from sfmnet_jax import cli  # noqa: E402
 
 BENCHMARK_DIR = "benchmark_results"
-
-
-def machine_info():
-  from sfmnet_jax import runtime  # pylint: disable=g-import-not-at-top
-  return runtime.machine_info()
+WHAT = ("model", "compare", "input", "photo")
 
 
 def write_json(result, name, output=None):
@@ -37,54 +45,59 @@ def write_json(result, name, output=None):
   print(f"wrote {path}")
 
 
-def bench_input(args):
-  import ml_collections  # pylint: disable=g-import-not-at-top
-  from sfmnet_jax import input_pipeline as ip  # pylint: disable=g-import-not-at-top
-  from sfmnet_jax.datasets import sources  # pylint: disable=g-import-not-at-top
-  data_dir = args.data_dir or os.path.join(tempfile.gettempdir(), "sfmnet_bench_tfds")
-  cfg = ml_collections.ConfigDict(dict(source="demo", scale=args.scale, tfds_data_dir=data_dir,
+def bench_input(fv):
+  import ml_collections
+  from sfmnet_jax import input_pipeline as ip
+  from sfmnet_jax.datasets import sources
+  data_dir = fv.data_dir or os.path.join(tempfile.gettempdir(), "sfmnet_bench_tfds")
+  scale = int(fv.scale)
+  cfg = ml_collections.ConfigDict(dict(source="demo", scale=scale, tfds_data_dir=data_dir,
                                        demo_num_train=256, demo_num_test=8, demo_seed=0))
   t0 = time.perf_counter()
   split = sources.get_split(cfg, "train")
   prepare_s = time.perf_counter() - t0
-  it = ip.TrainIterator(split, args.scale, ip.Sharding(args.batch_size), seed=0)
-  for _ in range(10):  # warm-up: tf.data autotuning, first decodes
+  it = ip.TrainIterator(split, scale, ip.Sharding(fv.batch_size), seed=0)
+  for _ in range(10):  # warm-up: first decodes
     next(it)
   t0 = time.perf_counter()
-  for _ in range(args.batches):
+  for _ in range(fv.batches):
     batch = next(it)
   elapsed = time.perf_counter() - t0
-  images = args.batches * args.batch_size
+  images = fv.batches * fv.batch_size
   result = {
-      "benchmark": "input_pipeline", "scale": args.scale, "batch_size": args.batch_size,
-      "batches": args.batches, "images_per_s": images / elapsed,
-      "batches_per_s": args.batches / elapsed, "prepare_s": prepare_s,
-      "hr_shape": list(batch["hr"].shape), "machine": machine_info(),
+      "benchmark": "input_pipeline", "scale": scale, "batch_size": fv.batch_size,
+      "batches": fv.batches, "images_per_s": images / elapsed,
+      "batches_per_s": fv.batches / elapsed, "prepare_s": prepare_s,
+      "hr_shape": list(batch["hr"].shape), "machine": runtime.machine_info(),
   }
-  print(f"input pipeline x{args.scale}, 128x128, batch {args.batch_size}: "
+  print(f"input pipeline x{scale}, 128x128, batch {fv.batch_size}: "
         f"{result['images_per_s']:.0f} images/s ({result['batches_per_s']:.1f} batches/s) "
         f"on {os.cpu_count()} CPU cores")
-  write_json(result, f"input_x{args.scale}", args.output)
+  write_json(result, f"input_x{scale}", fv.output)
   return result
 
 
-def bench_model(args):
-  import jax  # pylint: disable=g-import-not-at-top
-  from configs import default  # pylint: disable=g-import-not-at-top
-  from sfmnet_jax import benchmark_model as bm, training  # pylint: disable=g-import-not-at-top
+def bench_model(fv):
+  import jax
+  from configs import default
+  from sfmnet_jax import benchmark_model as bm, train_state as training
+  from sfmnet_jax.models import init_generator
+
   def config_for(stage):
     cfg = default.get_config()
-    cfg.dtype, cfg.stage = args.dtype, stage
-    cfg.model.num_features = args.num_features
-    cfg.data.patch_size = None if args.size == 128 else args.size
+    cfg.dtype, cfg.stage = fv.dtype, stage
+    cfg.model.num_features = fv.num_features
+    cfg.model.remat = fv.remat
+    cfg.data.patch_size = None if fv.size == 128 else fv.size
     cfg.perceptual.weights = "random"
     return cfg
 
-  info = machine_info()
-  print(f"SFMNet C={args.num_features}, {args.size}x{args.size}, {args.dtype} compute, "
-        f"on {info['device']} ({info['platform']}, {info['device_count']} devices)")
+  info = runtime.machine_info()
+  print(f"SFMNet C={fv.num_features}, {fv.size}x{fv.size}, {fv.dtype} compute"
+        f"{', remat' if fv.remat else ''}, on {info['device']} ({info['platform']}, "
+        f"{info['device_count']} devices)")
   model = training.build_model(config_for("psnr"))
-  params = jax.device_put(training.init_generator(model, 0, (args.size,) * 2)["params"])
+  params = jax.device_put(init_generator(model, 0, (fv.size,) * 2)["params"])
   rows = []
 
   def show(row):
@@ -94,44 +107,86 @@ def bench_model(args):
           f"{row['s_per_image'] * 1e3:8.1f} ms/image  {row['images_per_s']:8.2f} images/s  "
           f"compile {row['compile_s']:.1f} s{extra}", flush=True)
 
-  for b in args.batch_sizes:
-    show(bm.forward(model, params, b, (args.size,) * 2, args.repeats))
-  if args.train:
-    for stage in ("psnr", "gan"):
-      show(bm.train_step(config_for(stage), args.train_batch, max(2, args.repeats // 2)))
-  result = {"benchmark": "model", "num_features": args.num_features, "size": args.size,
-            "dtype": args.dtype, "rows": rows, "memory": bm.peak_memory(), "machine": info,
-            "release_gflop_per_image": bm.RELEASE_GFLOP_PER_IMAGE}
+  for b in fv.batch_sizes:
+    show(bm.forward(model, params, int(b), (fv.size,) * 2, fv.repeats))
+  if fv.train:
+    for stage in fv.stages:
+      show(bm.train_step(config_for(stage), fv.train_batch, max(2, fv.repeats // 2)))
+  result = {"benchmark": "model", "num_features": fv.num_features, "size": fv.size,
+            "dtype": fv.dtype, "remat": fv.remat, "rows": rows, "memory": bm.peak_memory(),
+            "machine": info, "release_gflop_per_image": bm.RELEASE_GFLOP_PER_IMAGE}
   print("  peak memory: " + ", ".join(f"{k} {v / 2**30:.2f} GiB"
                                       for k, v in result["memory"].items()))
-  name = f"model_{info['platform']}_{args.dtype}_c{args.num_features}"
-  write_json(result, name, args.output)
+  name = (f"model_{info['platform']}_{fv.dtype}_c{fv.num_features}"
+          + ("_remat" if fv.remat else ""))
+  write_json(result, name, fv.output)
   return result
 
 
-def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  sub = parser.add_subparsers(dest="what", required=True)
-  p_in = sub.add_parser("input", help="tf.data throughput")
-  p_in.add_argument("--scale", type=int, default=8, choices=(4, 8, 16))
-  p_in.add_argument("--batch_size", type=int, default=8)
-  p_in.add_argument("--batches", type=int, default=300)
-  p_in.add_argument("--data_dir", default=None)
-  p_in.add_argument("--output", default=None)
-  p_m = sub.add_parser("model", help="generator forward and train-step speed")
-  p_m.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
-  p_m.add_argument("--num_features", type=int, default=64)
-  p_m.add_argument("--size", type=int, default=128)
-  p_m.add_argument("--batch_sizes", type=lambda s: [int(v) for v in s.split(",")],
-                   default=[1, 8, 32])
-  p_m.add_argument("--train_batch", type=int, default=8)
-  p_m.add_argument("--no_train", dest="train", action="store_false")
-  p_m.add_argument("--repeats", type=int, default=5)
-  p_m.add_argument("--output", default=None)
-  args = parser.parse_args(argv)
-  {"input": bench_input, "model": bench_model}[args.what](args)
+def bench_compare(fv):
+  from sfmnet_jax import benchmark_release
+  result = benchmark_release.compare(fv.release_dir, [int(w) for w in fv.widths], fv.repeats)
+  write_json(result, f"compare_{result['machine']['platform']}", fv.output)
+  return result
+
+
+def bench_photo(fv):
+  from sfmnet_jax import photo_benchmark
+  result = photo_benchmark.run(fv.checkpoint, detector=fv.detector, repeats=fv.repeats)
+  write_json(result, "photo", fv.output)
+  return result
+
+
+def define_flags(fv):
+  f = cli.flags
+  f.DEFINE_string("output", None, "JSON path (default benchmark_results/<name>.json).",
+                  flag_values=fv)
+  f.DEFINE_integer("repeats", 5, "Timed calls per figure (median).", flag_values=fv)
+  # model
+  f.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.", flag_values=fv)
+  f.DEFINE_integer("num_features", 64, "Generator width C.", flag_values=fv)
+  f.DEFINE_integer("size", 128, "Image side.", flag_values=fv)
+  f.DEFINE_list("batch_sizes", ["1", "8", "32"], "Forward batch sizes.", flag_values=fv)
+  f.DEFINE_integer("train_batch", 8, "Global batch of the train steps.", flag_values=fv)
+  f.DEFINE_list("stages", ["psnr", "gan"], "Train steps to time.", flag_values=fv)
+  f.DEFINE_bool("train", True, "Time the train steps.", flag_values=fv)
+  f.DEFINE_bool("remat", False, "Recompute the blocks in the backward pass (model.remat).", flag_values=fv)
+  # compare
+  f.DEFINE_string("release_dir", None, "A checkout of github.com/wcy-cs/SFMNet.", flag_values=fv)
+  f.DEFINE_list("widths", ["16", "32", "64"], "Generator widths to compare.", flag_values=fv)
+  # input
+  f.DEFINE_enum("scale", "8", ["4", "8", "16"], "Upscaling factor.", flag_values=fv)
+  f.DEFINE_integer("batch_size", 8, "Batch size.", flag_values=fv)
+  f.DEFINE_integer("batches", 300, "Batches to time.", flag_values=fv)
+  f.DEFINE_string("data_dir", None, "TFDS data dir for the demo faces.", flag_values=fv)
+  # photo
+  f.DEFINE_string("checkpoint", "runs/demo", "Generator for `photo`.", flag_values=fv)
+  f.DEFINE_enum("detector", "auto", ["auto", "cnn", "hog"], "Face detector for `photo`.",
+                flag_values=fv)
+
+
+def _main(fv, positional) -> int:
+  if len(positional) != 1 or positional[0] not in WHAT:
+    raise cli.UsageError(f"unknown benchmark {positional}: give one of {', '.join(WHAT)}")
+  try:
+    fv.batch_sizes = [int(b) for b in fv.batch_sizes]
+  except ValueError:
+    raise cli.UsageError(f"--batch_sizes takes integers, got {fv.batch_sizes}") from None
+  what = positional[0]
+  if what == "compare":
+    from sfmnet_jax.benchmark_release import ReleaseUnavailable
+    try:
+      bench_compare(fv)
+    except ReleaseUnavailable as e:
+      print(f"error: {e}", file=sys.stderr)
+      return 1
+    return 0
+  {"model": bench_model, "input": bench_input, "photo": bench_photo}[what](fv)
   return 0
+
+
+def main(argv=None) -> int:
+  return cli.run(_main, argv, define_flags, __doc__, "python -m sfmnet_jax.benchmark")
 
 
 if __name__ == "__main__":

@@ -82,7 +82,7 @@ def forward(model, params, batch, size, repeats):
 
 def train_step(config, batch, repeats):
   """One pmap-ed training step (PSNR or GAN stage per `config.stage`) at a global batch."""
-  from sfmnet_jax import train_steps, training  # pylint: disable=g-import-not-at-top
+  from sfmnet_jax import train_steps, train_state as training  # pylint: disable=g-import-not-at-top
   n = jax.local_device_count()
   if batch % n:
     raise ValueError(f"batch {batch} does not split over {n} local devices")

@@ -80,8 +80,9 @@ class FreqBlock(nn.Module):
     pha = spectral.phase(spec)
     amp = amp + spectral_fuse("amp_fuse")(amp).astype(jnp.float32)
     pha = pha + spectral_fuse("pha_fuse")(pha).astype(jnp.float32)
-    real = amp * jnp.cos(pha) + 1e-8
-    imag = amp * jnp.sin(pha) + 1e-8
+    sin, cos = spectral.sin_cos(pha)
+    real = amp * cos + 1e-8
+    imag = amp * sin + 1e-8
     z = jnp.abs(spectral.irfft2(jax.lax.complex(real, imag), (h, w)))
     out = Conv(c, 1, dtype=self.dtype, name="post")(z) + x.astype(self.dtype)
     return nan_to_num(out)

@@ -10,6 +10,7 @@ i.e. U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights and biases), so training
 from scratch behaves like the release.
 """
 
+import dataclasses
 from typing import Any, Optional
 
 import flax.linen as nn
@@ -192,15 +193,36 @@ def _depthwise3x3_fwd(x, k):
   return _shifted_sum(x, k), (x, k)
 
 
+DK_CHUNK = 32
+
+
+def _kernel_grad_chunk(x, g):
+  """The depthwise kernel gradient of a few channels, as a dense conv's kernel gradient.
+
+  A dense 3x3 conv with kernel K[i, j, c, d] = k[i, j, c] * (c == d) computes
+  the depthwise conv; its kernel gradient dK (one conv-backward op, which
+  XLA:CPU lowers to a fast GEMM-like kernel) holds dk on its diagonal. For
+  up to 32 channels this costs less than the nine strided reductions that
+  compute dk directly (at 8x128x128 on a 2-core AVX2 CPU: 31 vs 96 ms for 16
+  channels, 70 vs 192 ms for 32).
+  """
+  c = x.shape[-1]
+  _, vjp = jax.vjp(lambda kd: jax.lax.conv_general_dilated(
+      x, kd, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")),
+      jnp.zeros((3, 3, c, c), x.dtype))
+  (dense,) = vjp(g)
+  return jnp.diagonal(dense, axis1=2, axis2=3)
+
+
 def _depthwise3x3_bwd(residuals, g):
   x, k = residuals
-  h, w = x.shape[1:3]
   dx = _shifted_sum(g, k[::-1, ::-1])  # the adjoint of a correlation: the flipped kernel
-  xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-  dk = jnp.stack([
-      jnp.stack([jnp.sum(xp[:, i:i + h, j:j + w, :] * g, axis=(0, 1, 2)) for j in range(3)])
-      for i in range(3)
-  ])
+  c = x.shape[-1]
+  # Channels in blocks: a dense kernel gradient per block (cost grows with the block's
+  # channels squared), so that wide layers do not pay C^2.
+  chunk = max(d for d in range(1, min(c, DK_CHUNK) + 1) if c % d == 0)
+  dk = jnp.concatenate([_kernel_grad_chunk(x[..., s:s + chunk], g[..., s:s + chunk])
+                        for s in range(0, c, chunk)], axis=-1)
   return dx, dk.astype(k.dtype)
 
 
@@ -267,3 +289,46 @@ class Up(nn.Module):
     x = Conv(4 * self.features, 1, use_bias=True, dtype=self.dtype, name="layers_0")(x)
     x = pixel_shuffle(x)
     return PReLU(name="layers_2")(x)
+
+
+def recompute_in_backward(cls):
+  """`cls` (a Flax module class) storing only its inputs for the backward pass.
+
+  What `nn.remat` (`jax.checkpoint`) promises, in a form XLA:CPU keeps: XLA:CPU
+  drops the optimisation barriers that `jax.checkpoint` places, and common-
+  subexpression elimination then merges the recomputation with the forward, so
+  that `nn.remat` stores as much as no remat at all (measured: the same buffer
+  peak at C=64, batch 8). Here the backward recomputes the block from inputs
+  that depend on the incoming gradient (`x + 0 * g[0]`, which XLA cannot fold
+  for floats), so that the recomputation can be neither merged nor scheduled
+  before the gradient arrives. Values and gradients are those of `cls`.
+  """
+  def plain(module):
+    fields = {f.name: getattr(module, f.name) for f in dataclasses.fields(cls)
+              if f.init and f.name not in ("parent", "name")}
+    return cls(**fields, parent=None)
+
+  class Recomputed(cls):
+
+    def __call__(self, *xs):
+      definition = plain(self)
+
+      def fn(mdl, *xs):
+        return cls.__call__(mdl, *xs)
+
+      def fwd(mdl, *xs):
+        return cls.__call__(mdl, *xs), (mdl.variables, xs)
+
+      def bwd(residuals, g):
+        variables, xs = residuals
+        anchor = 0.0 * jax.tree_util.tree_leaves(g)[0].ravel()[0]
+        xs = tuple(x + anchor.astype(x.dtype) for x in xs)
+        _, vjp = jax.vjp(lambda params, *xs: definition.apply(
+            {**variables, "params": params}, *xs), variables["params"], *xs)
+        params_t, *xs_t = vjp(g)
+        return ({"params": params_t}, *xs_t)
+
+      return nn.custom_vjp(fn, forward_fn=fwd, backward_fn=bwd)(self, *xs)
+
+  Recomputed.__name__ = Recomputed.__qualname__ = cls.__name__
+  return Recomputed

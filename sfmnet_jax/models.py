@@ -7,7 +7,8 @@ import jax
 import jax.numpy as jnp
 
 from sfmnet_jax.blocks import FreqBlock, FuseBlock, ResidualGroup
-from sfmnet_jax.layers import ConvAct, Down, Up, abstract_variables, host_init, sequential
+from sfmnet_jax.layers import (ConvAct, Down, Up, abstract_variables, host_init,
+                               recompute_in_backward, sequential)
 
 Dtype = Any
 
@@ -46,6 +47,10 @@ class SFMNet(nn.Module):
       direction its own attention (`spa_att`), as the paper describes.
     dtype: computation dtype (float32, or bfloat16 with float32 parameters;
       FFTs always run in float32).
+    remat: recompute each FreqBlock, ResidualGroup and FuseBlock in the backward
+      pass instead of storing its activations (`layers.recompute_in_backward`,
+      a rematerialisation that XLA:CPU does not undo): the same
+      numbers and parameters, less memory, more compute.
   """
 
   num_features: int = 64
@@ -53,6 +58,7 @@ class SFMNet(nn.Module):
   num_heads: int = 8
   share_fusion_attention: bool = True
   dtype: Dtype = jnp.float32
+  remat: bool = False
 
   @nn.compact
   def __call__(self, lr_up):
@@ -61,17 +67,20 @@ class SFMNet(nn.Module):
     lr_up = jnp.asarray(lr_up, jnp.float32)
 
     seq = sequential
+    wrap = recompute_in_backward if self.remat else (lambda cls: cls)
+    freq_cls, group_cls, fuse_cls = wrap(FreqBlock), wrap(ResidualGroup), wrap(FuseBlock)
+
     def freq():
-      return FreqBlock(c, dtype=dt)
+      return freq_cls(c, dtype=dt)
 
     def group():
-      return ResidualGroup(c, n, dtype=dt)
+      return group_cls(c, n, dtype=dt)
 
     head_act = lambda: ConvAct(c, 3, act="prelu", dtype=dt)  # noqa: E731
     tail_act = lambda: ConvAct(3, 3, act="prelu", dtype=dt)  # noqa: E731
     # The release's `conv_fuse` ModuleList: children conv_fuse/layers_0..13.
     fuse = seq("conv_fuse", *[
-        FuseBlock(c, self.num_heads, self.share_fusion_attention, dtype=dt)
+        fuse_cls(c, self.num_heads, self.share_fusion_attention, dtype=dt)
         for _ in range(NUM_FUSE_BLOCKS)
     ]).layers
 

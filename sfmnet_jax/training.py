@@ -1,13 +1,21 @@
 """`train_and_evaluate(config, workdir)`: the PSNR and GAN stages, from a laptop CPU to a TPU pod.
 
 The loop feeds pmap-ed steps (`train_steps`) from the resumable tf.data
-pipeline, writes clu metrics (TensorBoard + console; process 0 only), a
-per-step `metrics.jsonl`, validation PSNR/SSIM and sample grids, and keeps
-Orbax checkpoints of the whole train state plus the data position. Started
-in a workdir that has a checkpoint, it resumes exactly; SIGTERM (preemption)
-writes a checkpoint before exiting.
+pipeline (batches placed on the devices ahead of time), writes clu metrics
+(TensorBoard + console; process 0 only), a per-step `metrics.jsonl`,
+validation PSNR/SSIM and sample grids, and keeps Orbax checkpoints of the
+whole train state plus the data position. Started in a workdir that has a
+checkpoint, it resumes exactly.
+
+At most `config.max_steps_in_flight` steps are dispatched ahead of the last
+completed one, so the logged steps/s and ETA are measured on completed steps,
+and SIGTERM (preemption) reaches its checkpoint within a few step times. After
+that checkpoint the run exits with PREEMPTED_EXIT_CODE, so that schedulers
+requeue it. With several processes, all of them stop at the same step (JAX's
+preemption sync point), whichever received the signal.
 """
 
+import collections
 import json
 import logging
 import os
@@ -15,24 +23,91 @@ import signal
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from clu import metric_writers, periodic_actions
+from clu import metric_writers
 from flax.traverse_util import flatten_dict
 from jax.experimental import multihost_utils
 
-from sfmnet_jax import checkpoints, input_pipeline as ip, train_steps
+from sfmnet_jax import checkpoints, input_pipeline as ip, runtime, train_steps
 from sfmnet_jax.datasets import sources
-from sfmnet_jax.discriminators import FrequencyDiscriminator, SpatialDiscriminator, init_discriminator
 from sfmnet_jax.evaluation import evaluate_split, sample_grid
-from sfmnet_jax.models import SFMNet, init_generator
+from sfmnet_jax.train_state import DTYPES, build_model, create_state  # noqa: F401  (re-exported)
 from sfmnet_jax.visualize import save_png
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# 128 + SIGTERM: the status a shell reports for a process that SIGTERM ended. Schedulers that
+# requeue preempted jobs (Slurm --requeue, Kubernetes restartPolicy OnFailure, ...) see a failure.
+PREEMPTED_EXIT_CODE = 143
 
 
 class Preempted(SystemExit):
-  """Raised after the checkpoint a SIGTERM asked for is written."""
+  """Raised after the checkpoint a SIGTERM asked for is committed (code PREEMPTED_EXIT_CODE)."""
+
+
+class PreemptionWatch:
+  """Whether to stop for a preemption at a step; every process gets the same answer.
+
+  One process: a SIGTERM handler sets a flag. Several processes (jax.distributed):
+  JAX's preemption sync manager catches SIGTERM on whichever process gets it and
+  agrees with the others on a step to stop at (`reached_preemption_sync_point`,
+  what Orbax's `reached_preemption` wraps); no Python handler may replace its own.
+  """
+
+  def __init__(self):
+    self.multi_process = jax.process_count() > 1
+    self._flag, self._previous = False, None
+    if not self.multi_process:
+      self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+
+  def _on_sigterm(self, *_):
+    self._flag = True
+
+  def reached(self, step: int) -> bool:
+    if self.multi_process:
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self._flag
+
+  def close(self):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+class Progress:
+  """Steps/s and ETA from the times steps completed (never from dispatches).
+
+  Steps/s is the rate since the previous report; the ETA divides the steps left
+  by the rate since the first completed step (after compilation), so that the
+  time spent in validation and checkpoints is counted at its average share
+  instead of making the ETA jump at every validation.
+  """
+
+  def __init__(self, num_steps: int):
+    self.num_steps = num_steps
+    self._marks = collections.deque()  # (step, time) of completed steps since the last report
+    self._first = None
+
+  def completed(self, step: int) -> None:
+    mark = (step, time.perf_counter())
+    self._marks.append(mark)
+    if self._first is None:
+      self._first = mark
+
+  def report(self):
+    """(steps/s since the previous report, ETA seconds)."""
+    marks = list(self._marks)
+    self._marks = collections.deque(marks[-1:])
+    if len(marks) < 2 or marks[-1][1] <= marks[0][1]:
+      return None, None
+    rate = (marks[-1][0] - marks[0][0]) / (marks[-1][1] - marks[0][1])
+    overall = (marks[-1][0] - self._first[0]) / (marks[-1][1] - self._first[1])
+    return rate, (self.num_steps - marks[-1][0]) / overall
+
+
+def format_duration(seconds) -> str:
+  if seconds is None or not np.isfinite(seconds):
+    return "?"
+  seconds = int(round(seconds))
+  h, rest = divmod(seconds, 3600)
+  return f"{h}h{rest // 60:02d}m" if h else f"{rest // 60}m{rest % 60:02d}s"
 
 
 def initialize_distributed(cfg) -> None:
@@ -50,52 +125,6 @@ def initialize_distributed(cfg) -> None:
   logging.info("jax.distributed: process %d of %d, %d local / %d global devices",
                jax.process_index(), jax.process_count(), jax.local_device_count(),
                jax.device_count())
-
-
-def build_model(config) -> SFMNet:
-  return SFMNet(**config.model.to_dict(), dtype=DTYPES[config.dtype])
-
-
-def _initial_generator(config, model):
-  """Fresh weights, or `init_from` (a checkpoint/converted folder or a release file)."""
-  if not config.init_from:
-    return init_generator(model, config.seed)["params"]
-  loaded, variables, info = checkpoints.load_generator(config.init_from,
-                                                       use_ema=config.init_from_ema)
-  mine, theirs = checkpoints.model_meta(model), checkpoints.model_meta(loaded)
-  if mine != theirs:
-    raise ValueError(f"init_from {config.init_from} holds {theirs}, the config asks for {mine}")
-  if info["scale"] not in (None, config.data.scale):
-    raise ValueError(f"init_from {config.init_from} was trained for x{info['scale']}, "
-                     f"the config is x{config.data.scale}")
-  logging.info("Generator initialised from %s (step %s, ema=%s)", config.init_from,
-               info["step"], info["ema"])
-  return variables["params"]
-
-
-def create_state(config, model):
-  """The initial TrainState and the static pieces the steps need."""
-  tx = train_steps.adam(config.optimizer)
-  g_params = _initial_generator(config, model)
-  static = {"model": model, "tx": tx, "cfg": config}
-  if config.stage == "psnr":
-    state, static["layouts"] = train_steps.new_state(g_params, tx, seed=config.seed,
-                                                     ema=config.ema_decay > 0)
-    return state, static, None
-  if config.stage != "gan":
-    raise ValueError(f"stage must be 'psnr' or 'gan', got {config.stage!r}")
-  from sfmnet_jax import vgg  # pylint: disable=g-import-not-at-top
-  vgg_model, vgg_params = vgg.load_perceptual_network(config.perceptual)
-  d_tx = train_steps.adam(config.d_optimizer)
-  d_spa, d_fre = SpatialDiscriminator(), FrequencyDiscriminator()
-  size = (config.data.patch_size or 128,) * 2  # the discriminators see training crops
-  d_params = (init_discriminator(d_spa, config.seed + 1, size)["params"],
-              init_discriminator(d_fre, config.seed + 2, size)["params"])
-  state, static["layouts"] = train_steps.new_state(g_params, tx, seed=config.seed,
-                                                   ema=config.ema_decay > 0, d_params=d_params,
-                                                   d_tx=d_tx)
-  static.update(d_spa_model=d_spa, d_fre_model=d_fre, vgg_model=vgg_model, d_tx=d_tx)
-  return state, static, vgg_params
 
 
 def _meta(config, model, data_state, stage):
@@ -118,6 +147,7 @@ class _JsonlLog:
 def train_and_evaluate(config, workdir: str):
   """Trains SFMNet as `config` says, in `workdir` (resuming from its latest checkpoint)."""
   initialize_distributed(config.distributed)
+  runtime.quiet_console_logs()
   workdir = os.path.abspath(os.path.expanduser(workdir))
   os.makedirs(workdir, exist_ok=True)
   is_main = jax.process_index() == 0
@@ -132,8 +162,8 @@ def train_and_evaluate(config, workdir: str):
   num_steps = config.num_train_steps if config.num_train_steps > 0 \
       else config.num_epochs * steps_per_epoch
 
-  model = build_model(config)
-  state, static, vgg_params = create_state(config, model)
+  state, static, vgg_params = create_state(config, build_model(config))
+  model = static["model"]
   mngr = checkpoints.manager(os.path.join(workdir, "checkpoints"),
                              max_to_keep=config.keep_checkpoints)
   start_step, data_state = 0, None
@@ -148,6 +178,7 @@ def train_and_evaluate(config, workdir: str):
                                 patch_size=config.data.patch_size)
   if data_state is not None:
     train_iter.check_state(data_state)
+  batches = train_steps.prefetch_to_devices(train_iter, config.prefetch_batches)
 
   if start_step == 0 and is_main:
     writer.write_hparams({k: v for k, v in flatten_dict(config.to_dict(), sep=".").items()
@@ -157,16 +188,14 @@ def train_and_evaluate(config, workdir: str):
   p_forward = train_steps.pmap_generator(model)
   p_state = train_steps.replicate(state)
   aux = () if vgg_params is None else (train_steps.replicate(vgg_params),)
-
-  preempted = {"flag": False}
-  previous_handler = signal.signal(signal.SIGTERM, lambda *_: preempted.update(flag=True))
-  report = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer,
-                                           every_steps=config.log_every)
+  schedule = train_steps.learning_rate_schedule(config.optimizer)
+  preemption = PreemptionWatch()
+  progress = Progress(num_steps)
 
   def save(step):
     host_state = train_steps.to_tree(train_steps.unreplicate(p_state), static["layouts"])
     checkpoints.save(mngr, step, host_state,
-                     _meta(config, model, train_iter.state(), config.stage))
+                     _meta(config, model, train_iter.state(step), config.stage))
 
   def evaluate(step):
     flat = train_steps.unreplicate(
@@ -183,36 +212,55 @@ def train_and_evaluate(config, workdir: str):
       save_png(image, os.path.join(workdir, "samples", f"step_{step:07d}.png"))
     return result["mean"]
 
-  pending, t_start, last = [], time.time(), None
+  in_flight, finished = collections.deque(), []
+
+  def complete_oldest():
+    step, metrics = in_flight.popleft()
+    host = train_steps.unreplicate(metrics)  # waits for that step's device work
+    progress.completed(step)
+    jsonl.write(step, host)
+    finished.append(host)
+
+  def log_summary(step):
+    summary = {k: float(np.mean([m[k] for m in finished])) for k in finished[-1]}
+    finished.clear()
+    summary["learning_rate"] = float(schedule(step))
+    summary["skipped_updates"] = int(train_steps.unreplicate(p_state.skipped_updates))
+    rate, eta = progress.report()
+    if rate is not None:
+      summary.update(steps_per_sec=rate, eta_seconds=eta)
+    if summary["finite"] < 1:
+      logging.warning("step %d: %d non-finite update(s) skipped so far", step,
+                      summary["skipped_updates"])
+    writer.write_scalars(step, {f"train/{k}": v for k, v in summary.items()})
+    if is_main:
+      speed = "" if rate is None else f", {rate:.3g} steps/s, ETA {format_duration(eta)}"
+      logging.info("step %d/%d: loss %.5f%s", step, num_steps, summary["loss"], speed)
+
+  t_start, last = time.time(), None
   try:
     for step in range(start_step, num_steps):
-      batch = next(train_iter)
-      p_state, metrics = p_step(p_state, batch, *aux)
-      pending.append((step + 1, metrics))
-      report(step + 1)
+      p_state, metrics = p_step(p_state, next(batches), *aux)
+      in_flight.append((step + 1, metrics))
+      while len(in_flight) > config.max_steps_in_flight:
+        complete_oldest()
       done = step + 1 == num_steps
-      if (step + 1) % config.log_every == 0 or done or preempted["flag"]:
-        host = [(s, train_steps.unreplicate(m)) for s, m in pending]
-        for s, m in host:
-          jsonl.write(s, m)
-        summary = {k: float(np.mean([m[k] for _, m in host])) for k in host[-1][1]}
-        summary["learning_rate"] = train_steps.learning_rate(config.optimizer, step + 1)
-        summary["skipped_updates"] = int(train_steps.unreplicate(p_state.skipped_updates))
-        if summary["finite"] < 1:
-          logging.warning("step %d: %d non-finite update(s) skipped so far", step + 1,
-                          summary["skipped_updates"])
-        writer.write_scalars(step + 1, {f"train/{k}": v for k, v in summary.items()})
-        pending = []
-      if (step + 1) % config.eval_every == 0 or done:
+      stop = preemption.reached(step + 1)
+      if (step + 1) % config.log_every == 0 or done or stop:
+        while in_flight:
+          complete_oldest()
+        log_summary(step + 1)
+      if config.eval_every > 0 and ((step + 1) % config.eval_every == 0 or done):
         last = evaluate(step + 1)
-      if (step + 1) % config.checkpoint_every == 0 or done or preempted["flag"]:
+      if (step + 1) % config.checkpoint_every == 0 or done or stop:
         save(step + 1)
-      if preempted["flag"]:
+      if stop:
         mngr.wait_until_finished()
-        logging.warning("SIGTERM: checkpoint written at step %d, exiting", step + 1)
-        raise Preempted(0)
+        logging.warning("SIGTERM: checkpoint written at step %d, exiting with code %d",
+                        step + 1, PREEMPTED_EXIT_CODE)
+        raise Preempted(PREEMPTED_EXIT_CODE)
   finally:
-    signal.signal(signal.SIGTERM, previous_handler)
+    preemption.close()
     mngr.wait_until_finished()
     writer.flush()
   logging.info("Finished %d steps in %.0f s", num_steps - start_step, time.time() - t_start)

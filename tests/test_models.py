@@ -1,5 +1,7 @@
 """The generator and discriminators against the release's golden vector and closed forms."""
 
+import json
+
 import flax
 import jax
 import jax.numpy as jnp
@@ -8,7 +10,8 @@ import pytest
 
 from sfmnet_jax import SFMNet, count_params, init_generator
 from sfmnet_jax import discriminators as D
-from sfmnet_jax import layers, spectral
+from helpers import DISCRIMINATOR_GOLDEN, seeded_release_weights
+from sfmnet_jax import layers, release_weights, spectral
 from sfmnet_jax.blocks import ChannelAttention
 from sfmnet_jax.layers import abstract_variables
 
@@ -36,8 +39,8 @@ def test_parameter_counts_match_release():
   assert count_params(spa) == 5_485_921
   assert count_params(fre) == 3_920_257
   # D_fre sees 6 x 128 x 65 and pools to 8 x 5: its MFM-linear takes 5120 inputs.
-  assert fre["params"]["fc1"]["filter"]["kernel"].shape == (5120, 512)
-  assert spa["params"]["fc1"]["filter"]["kernel"].shape == (8192, 512)
+  assert fre["params"]["classifier"]["layers_0"]["filter"]["kernel"].shape == (5120, 512)
+  assert spa["params"]["classifier"]["layers_0"]["filter"]["kernel"].shape == (8192, 512)
 
 
 def test_non_square_input_and_jit(golden_model):
@@ -151,6 +154,30 @@ def test_amplitude_phase_equal_numpy_and_have_zero_safe_gradients():
   g_pha = jax.grad(lambda r: spectral.phase(jax.lax.complex(r, 0 * r)).sum())(jnp.zeros(4))
   assert np.array_equal(g_amp, np.zeros(4)) and np.array_equal(g_pha, np.zeros(4))
   assert np.array_equal(spectral.phase(z), np.zeros(4))
+
+
+@pytest.mark.parametrize("key, kind", [("spa", "spatial"), ("fre", "frequency")])
+def test_discriminator_golden_vectors(key, kind):
+  """Both discriminators equal the release's classes on its golden vectors (1e-4).
+
+  tests/fixtures/make_discriminator_golden.py ran the release's `network_9layers` and
+  `network_9layers_fft` with seeded weights (rebuilt here from the stored names and
+  shapes) on inputs chosen where the release is stable: D_fre's phase jumps by 2 pi
+  where a spectrum bin crosses the negative real axis, so the script kept only inputs
+  whose logits moved by less than 1e-5 under 1e-6 input noise.
+  """
+  with np.load(DISCRIMINATOR_GOLDEN) as d:
+    names, shapes = list(d[f"{key}/names"]), [json.loads(s) for s in d[f"{key}/shapes"]]
+    seed, gain = int(d["seed"]), float(d[f"{key}/gain"])
+    x, want = d[f"{key}/input"].transpose(0, 2, 3, 1), d[f"{key}/output"]
+  state_dict = seeded_release_weights(dict(zip(names, shapes)), seed, gain)
+  module, variables = release_weights.load_release_discriminator(state_dict, kind)
+  got = np.asarray(jax.jit(module.apply)(variables, x))
+  assert abs(want[0] - want[1]) > 0.1  # the two images' logits differ by far more than the bar
+  np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+  with pytest.raises(release_weights.WeightFileError, match="missing .*classifier.2.bias"):
+    release_weights.load_release_discriminator(
+        {k: v for k, v in state_dict.items() if k != "classifier.2.bias"}, kind)
 
 
 def test_max_pool_ceil_mode_matches_numpy():
@@ -277,3 +304,29 @@ def test_channel_attention_equals_per_head_reference():
   out = (attn @ v).reshape(2, c, 8, 6).transpose(0, 2, 3, 1)
   want = conv1x1(out, p["project_out"]["kernel"])
   np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-4)
+
+
+def test_remat_same_gradients_and_less_stored_for_the_backward():
+  """`remat=True`: the same gradients, and the compiled backward keeps under half the bytes.
+
+  XLA:CPU would merge `nn.remat`'s recomputation back into the forward (it drops
+  the optimisation barriers), so the buffers are compared, not only the numbers.
+  """
+  x = jax.random.uniform(jax.random.key(3), (2, 32, 32, 3))
+  grads, temp = {}, {}
+  for remat in (False, True):
+    model = SFMNet(num_features=8, num_resblocks=1, remat=remat)
+    params = init_generator(model, 0, (32, 32))["params"]
+
+    def loss(p, x, model=model):
+      out, fre = model.apply({"params": p}, x)
+      return jnp.abs(out - 0.5).mean() + jnp.abs(fre - 0.5).mean()
+
+    compiled = jax.jit(jax.grad(loss)).lower(params, x).compile()
+    temp[remat] = compiled.memory_analysis().temp_size_in_bytes
+    grads[remat] = compiled(params, x)
+  scale = max(float(np.abs(g).max()) for g in jax.tree_util.tree_leaves(grads[False]))
+  jax.tree_util.tree_map(
+      lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5 * scale, rtol=0),
+      grads[False], grads[True])
+  assert temp[True] < 0.5 * temp[False], temp
