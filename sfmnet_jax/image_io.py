@@ -10,7 +10,7 @@ import os
 from typing import Tuple
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from sfmnet_jax import resize
 
@@ -37,14 +37,29 @@ def _to_uint8_rgb(im: Image.Image) -> np.ndarray:
   return np.asarray(im, dtype=np.uint8)
 
 
-def read_rgb(path: str) -> np.ndarray:
-  """Reads an image file as (H, W, 3) uint8 RGB; raises ImageReadError naming `path`."""
+class ImageTooLarge(ValueError):
+  """A photo over the pixel limit (the message names the limit and how to raise it)."""
+
+
+def read_rgb(path: str, max_pixels: int = None, exif: bool = True) -> np.ndarray:
+  """Reads an image file as (H, W, 3) uint8 RGB; raises ImageReadError naming `path`.
+
+  `exif` applies the EXIF orientation (a phone photo stored sideways comes out
+  upright); `max_pixels` refuses larger images before decoding them.
+  """
   path = os.fspath(path)
   try:
     with Image.open(path) as im:
+      if max_pixels and im.width * im.height > max_pixels:
+        raise ImageTooLarge(
+            f"{path}: {im.width}x{im.height} = {im.width * im.height / 1e6:.1f} megapixels, over "
+            f"the limit of {max_pixels / 1e6:.1f} (raise it with --max_pixels, or downscale "
+            "the photo)")
       im.load()
+      if exif:
+        im = ImageOps.exif_transpose(im)
       return _to_uint8_rgb(im)
-  except FileNotFoundError:
+  except (FileNotFoundError, ImageTooLarge):
     raise
   except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
     raise ImageReadError(f"{path}: not a readable image ({e})") from e

@@ -1,128 +1,194 @@
-r"""Super-resolves your own faces with a trained or released SFMNet.
+r"""Super-resolves faces with a trained or released SFMNet: LR crops, or whole photos.
 
-  python -m sfmnet_jax.infer --checkpoint runs/demo/checkpoints --input face_32x32.png --output out
-  python -m sfmnet_jax.infer --checkpoint SFMNet_x8.pth --scale 8 --input photos/ --output out --freq
-  python -m sfmnet_jax.infer --checkpoint runs/demo/checkpoints --demo --output out
+  python -m sfmnet_jax.infer --checkpoint=runs/demo --input=photo.jpg --output=out
+  python -m sfmnet_jax.infer --checkpoint=SFMNet_x8.pth --scale=8 --input=photos/ --output=out
+  python -m sfmnet_jax.infer --checkpoint=runs/demo --demo --output=out   # astronaut group photo
 
-An input of the model's LR size (128/scale, e.g. 16x16 for x8) is used as it
-is; any other image (a larger photo) is centre-cropped to a square and
-downscaled to the LR size with PIL's bicubic, which is logged. Writes
-128x128 results `<name>_sfmnet_x<scale>.png` (with --freq also the frequency
-branch's output, with --bicubic the bicubic upsampling for comparison).
-Unreadable files are skipped with a counted warning. --demo uses the
-public-domain astronaut portrait that ships with scikit-image.
+An input of the model's LR size (128/scale, e.g. 16x16 at x8) is an aligned LR
+face and is super-resolved as it is (`<name>_sfmnet_x8.png`, 128x128). A
+larger photo goes through the whole-photo pipeline (`photo.py`): every face is
+detected (dlib, offline), aligned into the training crop (--convention),
+sampled at the LR size, super-resolved and blended back into the photo
+upscaled by the model's scale. Per photo it writes
+  <name>_restored_x8.png   the photo, upscaled, with the faces restored
+  <name>_faces.png         the photo with numbered face boxes and landmarks
+  <name>_faces.json        every face: box, landmarks, score, transform, what was done
+  <name>_face01_lr.png, <name>_face01_sfmnet_x8.png, ...  each face's crops
+(--freq adds the frequency branch, --bicubic the bicubic baselines). Faces too
+large for the scale are left as they are and reported (--restore_large to
+restore them anyway). --nodetect keeps the old behaviour for photos: centre
+crop to a square, PIL-bicubic to the LR size. Unreadable files and photos over
+--max_pixels are skipped and counted; a photo without faces is reported.
 """
 
-import argparse
-import logging
-import os
-import sys
-from typing import List, Tuple
+from sfmnet_jax import runtime
 
-import jax
-import numpy as np
+if __name__ == "__main__":
+  runtime.prepare_process()  # before JAX starts: huge pages, XLA flags (see runtime.py)
 
-from sfmnet_jax import checkpoints, image_io, resize
-from sfmnet_jax.datasets import demo_faces
-from sfmnet_jax.visualize import save_png
+# pylint: disable=g-import-not-at-top,wrong-import-position
+import json  # noqa: E402
+import logging  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
 
-HR_SIZE = 128
-CHUNK = 8
-
-
-def prepare_lr(image: np.ndarray, lr_size: int, name: str) -> np.ndarray:
-  """The image as the model's LR input (uint8, lr_size x lr_size), logging any crop/resize."""
-  h, w = image.shape[:2]
-  if (h, w) == (lr_size, lr_size):
-    return image
-  side = min(h, w)
-  logging.info("%s: %dx%d image, centre-cropped to %dx%d and %s to %dx%d with PIL bicubic",
-               name, w, h, side, side, "downscaled" if side > lr_size else "upscaled",
-               lr_size, lr_size)
-  return image_io.to_square_size(image, lr_size)
+from sfmnet_jax import alignment, checkpoints, cli, degradation, face_detection  # noqa: E402
+from sfmnet_jax import image_io, photo  # noqa: E402
+from sfmnet_jax.degradation import HR_SIZE  # noqa: E402
+from sfmnet_jax.visualize import save_png  # noqa: E402
 
 
-def collect_inputs(paths: List[str]) -> Tuple[List[Tuple[str, np.ndarray]], List[Tuple[str, str]]]:
+def define_flags(fv):
+  f = cli.flags
+  f.DEFINE_string("checkpoint", "runs/demo", "A training workdir, checkpoint folder, convert "
+                  "folder or release .pth/.npz.", flag_values=fv)
+  f.DEFINE_string("input", None, "An image file or a folder of images.", flag_values=fv)
+  f.DEFINE_string("output", None, "Output folder.", flag_values=fv)
+  f.DEFINE_enum("scale", None, ["4", "8", "16"], "Needed when the checkpoint does not record "
+                "it (release files).", flag_values=fv)
+  f.DEFINE_bool("demo", False, "Use a built-in group photo of the public-domain astronaut.",
+                flag_values=fv)
+  f.DEFINE_bool("detect", True, "Find faces in photos (--nodetect: centre-crop instead).",
+                flag_values=fv)
+  f.DEFINE_enum("detector", "auto", list(face_detection.DETECTORS), "Face detector.",
+                flag_values=fv)
+  f.DEFINE_integer("upsample", 2, "Detector upsamplings (each doubles the size: 2 finds faces "
+                   "of ~20 px).", flag_values=fv)
+  f.DEFINE_float("min_score", None, "Drop detections below this score.", flag_values=fv)
+  f.DEFINE_string("convention", "celeba", "Crop convention the model was trained on: celeba, "
+                  "helen, dic (68 points: non-commercial) or a JSON template file.",
+                  flag_values=fv)
+  f.DEFINE_bool("restore_large", False, "Also restore faces larger than the scale suits.",
+                flag_values=fv)
+  f.DEFINE_bool("freq", False, "Also save the frequency branch.", flag_values=fv)
+  f.DEFINE_bool("bicubic", False, "Also save bicubic upsampling.", flag_values=fv)
+  f.DEFINE_bool("ema", True, "Use EMA weights when the checkpoint has them.", flag_values=fv)
+  f.DEFINE_integer("max_pixels", photo.DEFAULT_MAX_PIXELS, "Refuse larger photos.",
+                   flag_values=fv)
+
+
+def demo_group_photo(scale: int):
+  """Three astronauts, faces about 0.65 x the LR crop's side (at x4 ~21 px; at least 20 px,
+  what the detector finds, so at x8 and x16 they are too large and left as they are)."""
+  from sfmnet_jax.datasets import demo_faces
+  width = max(0.65 * HR_SIZE / scale, 20.0)
+  return demo_faces.astronaut_group_photo(3, (240, 360), width, seed=1)[0]
+
+
+def collect_inputs(paths, max_pixels):
   """(name, image) for every readable file, and (path, error) for the skipped ones."""
   images, skipped = [], []
   for path in paths:
     try:
-      images.append((os.path.splitext(os.path.basename(path))[0], image_io.read_rgb(path)))
-    except image_io.ImageReadError as e:
+      images.append((os.path.splitext(os.path.basename(path))[0],
+                     image_io.read_rgb(path, max_pixels=max_pixels)))
+    except (image_io.ImageReadError, image_io.ImageTooLarge) as e:
       logging.warning("skipping %s", e)
       skipped.append((path, str(e)))
   return images, skipped
 
 
-def super_resolve(model, variables, lrs: np.ndarray):
-  """(N, s, s, 3) uint8 LR faces -> (lr_up, img_out, img_fre), float in [0, 1], 128x128."""
-  lr_up = np.stack([resize.resize_uint8(lr, (HR_SIZE, HR_SIZE)) for lr in lrs])
-  lr_up = lr_up.astype(np.float32) / 255.0
-  apply = jax.jit(model.apply)
-  outs, freqs = [], []
-  for i in range(0, len(lr_up), CHUNK):
-    chunk = lr_up[i:i + CHUNK]
-    padded = np.concatenate([chunk, np.zeros((CHUNK - len(chunk),) + chunk.shape[1:],
-                                             np.float32)])  # one compiled shape
-    out, fre = apply(variables, padded)
-    outs.append(np.asarray(out)[:len(chunk)])
-    freqs.append(np.asarray(fre)[:len(chunk)])
-  return lr_up, np.concatenate(outs), np.concatenate(freqs)
+def write_photo(result: photo.PhotoResult, name: str, out_dir: str, freq: bool, bicubic: bool):
+  s = result.scale
+  save_png(result.restored, os.path.join(out_dir, f"{name}_restored_x{s}.png"))
+  if bicubic:
+    save_png(result.upscaled, os.path.join(out_dir, f"{name}_bicubic_x{s}.png"))
+  save_png(photo.annotate(result.photo, result.faces), os.path.join(out_dir, f"{name}_faces.png"))
+  for pf in result.faces:
+    if pf.sr is None:
+      continue
+    stem = os.path.join(out_dir, f"{name}_face{pf.index:02d}")
+    save_png(pf.lr, f"{stem}_lr.png")
+    save_png(pf.sr, f"{stem}_sfmnet_x{s}.png")
+    if freq:
+      save_png(pf.fre, f"{stem}_sfmnet_x{s}_freq.png")
+    if bicubic:
+      save_png(pf.lr_up, f"{stem}_bicubic_x{s}.png")
+  with open(os.path.join(out_dir, f"{name}_faces.json"), "w") as f:
+    json.dump(result.to_json(), f, indent=1)
 
 
-def run(args) -> int:
-  model, variables, info = checkpoints.load_generator(args.checkpoint, use_ema=not args.no_ema)
-  scale = info["scale"] or args.scale
+def run(fv) -> int:
+  model, variables, info = checkpoints.load_generator(
+      fv.checkpoint, use_ema=fv.ema, scale=int(fv.scale) if fv.scale else None,
+      scale_flag="--scale")
+  scale = info["scale"]
   if scale is None:
-    raise ValueError(f"{args.checkpoint} does not record its scale: pass --scale 4, 8 or 16")
-  if args.scale is not None and info["scale"] is not None and args.scale != info["scale"]:
-    raise ValueError(f"{args.checkpoint} is a x{info['scale']} model, --scale says x{args.scale}")
-  if args.demo:
-    images, skipped = [("astronaut", demo_faces.astronaut_face(HR_SIZE))], []
+    raise ValueError(f"{fv.checkpoint} does not record its scale: pass --scale=4, 8 or 16")
+  convention = alignment.get_convention(fv.convention)
+  if convention.needs_68_points:
+    logging.warning("convention %s uses dlib's 68-point model, trained on iBUG 300-W, whose "
+                    "licence excludes commercial use", convention.name)
+  if fv.demo:
+    from sfmnet_jax.datasets import demo_faces
+    images, skipped = [("astronaut_group", demo_group_photo(scale))], []
   else:
-    if not args.input or not os.path.exists(args.input):
-      raise FileNotFoundError(f"--input not found: {args.input}")
-    paths = ([os.path.join(args.input, n) for n in image_io.list_image_files(args.input)]
-             if os.path.isdir(args.input) else [args.input])
-    images, skipped = collect_inputs(paths)
+    if not fv.input or not os.path.exists(fv.input):
+      raise FileNotFoundError(f"--input not found: {fv.input}")
+    paths = ([os.path.join(fv.input, n) for n in image_io.list_image_files(fv.input)]
+             if os.path.isdir(fv.input) else [fv.input])
+    images, skipped = collect_inputs(paths, fv.max_pixels)
   if not images:
-    raise ValueError(f"no readable image in {args.input} ({len(skipped)} skipped)")
-  lr_size = HR_SIZE // scale
-  lrs = np.stack([prepare_lr(img, lr_size, name) for name, img in images])
-  lr_up, out, fre = super_resolve(model, variables, lrs)
-  os.makedirs(args.output, exist_ok=True)
-  for i, (name, _) in enumerate(images):
-    save_png(out[i], os.path.join(args.output, f"{name}_sfmnet_x{scale}.png"))
-    if args.freq:
-      save_png(fre[i], os.path.join(args.output, f"{name}_sfmnet_x{scale}_freq.png"))
-    if args.bicubic:
-      save_png(lr_up[i], os.path.join(args.output, f"{name}_bicubic_x{scale}.png"))
-  print(f"wrote {len(images)} super-resolved face(s) (x{scale}, {HR_SIZE}x{HR_SIZE}) to "
-        f"{args.output}" + (f"; skipped {len(skipped)} unreadable file(s)" if skipped else ""))
+    raise ValueError(f"no readable image in {fv.input} ({len(skipped)} skipped)")
+  lr_size = degradation.lr_size(scale)
+  os.makedirs(fv.output, exist_ok=True)
+  crops, counts = [], {"photos": 0, "faces": 0, "too_large": 0, "no_face": 0}
+  for name, image in images:
+    if image.shape[:2] == (lr_size, lr_size):
+      crops.append((name, image))
+    elif not fv.detect:
+      logging.info("%s: %dx%d photo, centre-cropped and resized to %dx%d (--nodetect)", name,
+                   image.shape[1], image.shape[0], lr_size, lr_size)
+      crops.append((name, image_io.to_square_size(image, lr_size)))
+    else:
+      result = photo.restore_photo(image, model, variables, scale, convention=convention,
+                                   detector=fv.detector, upsample=fv.upsample,
+                                   min_score=fv.min_score, restore_large=fv.restore_large)
+      counts["photos"] += 1
+      if not result.faces:
+        counts["no_face"] += 1
+        print(f"{name}: no face found ({fv.detector} detector, {fv.upsample} upsamplings); "
+              "try --upsample=3 or --detector=cnn")
+        continue
+      write_photo(result, name, fv.output, fv.freq, fv.bicubic)
+      large = sum(pf.status == "too_large" for pf in result.faces)
+      counts["faces"] += len(result.faces) - large
+      counts["too_large"] += large
+      print(f"{name}: {len(result.faces)} face(s), {len(result.faces) - large} restored"
+            + (f", {large} left as they are (too large for x{scale})" if large else "")
+            + f" -> {name}_restored_x{scale}.png")
+  if crops:
+    lr_up, out, fre = photo.super_resolve(model, variables, [c for _, c in crops])
+    for i, (name, _) in enumerate(crops):
+      save_png(out[i], os.path.join(fv.output, f"{name}_sfmnet_x{scale}.png"))
+      if fv.freq:
+        save_png(fre[i], os.path.join(fv.output, f"{name}_sfmnet_x{scale}_freq.png"))
+      if fv.bicubic:
+        save_png(lr_up[i], os.path.join(fv.output, f"{name}_bicubic_x{scale}.png"))
+    print(f"wrote {len(crops)} super-resolved face crop(s) (x{scale}, {HR_SIZE}x{HR_SIZE})")
+  print(f"done: {counts['photos']} photo(s), {counts['faces']} face(s) restored, "
+        f"{counts['too_large']} too large, {counts['no_face']} photo(s) without a face, "
+        f"{len(crops)} crop(s); skipped {len(skipped)} unreadable file(s); output in {fv.output}")
   return 0
 
 
-def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--checkpoint", required=True, help="checkpoint folder or release file")
-  parser.add_argument("--input", help="an image file or a folder of images")
-  parser.add_argument("--output", required=True, help="output folder")
-  parser.add_argument("--scale", type=int, choices=(4, 8, 16), default=None,
-                      help="needed when the checkpoint does not record it (release files)")
-  parser.add_argument("--freq", action="store_true", help="also save the frequency branch")
-  parser.add_argument("--bicubic", action="store_true", help="also save bicubic upsampling")
-  parser.add_argument("--demo", action="store_true", help="use the astronaut portrait")
-  parser.add_argument("--no_ema", action="store_true", help="ignore EMA weights")
-  args = parser.parse_args(argv)
+def _main(fv, positional) -> int:
+  if positional:
+    raise cli.UsageError(f"unexpected arguments {positional}")
+  if not fv.demo and not fv.input:
+    raise cli.UsageError("give --input=PATH_OR_DIR or --demo")
+  if not fv.output:
+    raise cli.UsageError("give --output=DIR")
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-  if not args.demo and not args.input:
-    parser.error("give --input PATH_OR_DIR or --demo")
   try:
-    return run(args)
-  except (FileNotFoundError, ValueError) as e:
+    return run(fv)
+  except (FileNotFoundError, ValueError, face_detection.ModelFileMissing) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
+
+
+def main(argv=None) -> int:
+  return cli.run(_main, argv, define_flags, __doc__, "python -m sfmnet_jax.infer")
 
 
 if __name__ == "__main__":
