@@ -74,22 +74,32 @@ class PreemptionWatch:
 class Progress:
   """Steps/s and ETA from the times steps completed (never from dispatches).
 
-  Steps/s is the rate since the previous report; the ETA divides the steps left
-  by the rate since the first completed step (after compilation), so that the
-  time spent in validation and checkpoints is counted at its average share
-  instead of making the ETA jump at every validation.
+  Time spent in validation is left out of the training rate (`evaluated`).
+  Steps/s is the rate since the previous report; the ETA is the steps left at
+  the mean rate since the first completed step (after compilation), plus the
+  validations still to come (`eval_steps`) at the mean duration of those done.
   """
 
-  def __init__(self, num_steps: int):
+  def __init__(self, num_steps: int, eval_steps=()):
     self.num_steps = num_steps
+    self.eval_steps = sorted(eval_steps)
     self._marks = collections.deque()  # (step, time) of completed steps since the last report
     self._first = None
+    self._paused = 0.0  # validation seconds so far
+    self._evals = []
+
+  def _now(self):
+    return time.perf_counter() - self._paused
 
   def completed(self, step: int) -> None:
-    mark = (step, time.perf_counter())
+    mark = (step, self._now())
     self._marks.append(mark)
     if self._first is None:
       self._first = mark
+
+  def evaluated(self, seconds: float) -> None:
+    self._paused += seconds
+    self._evals.append(seconds)
 
   def report(self):
     """(steps/s since the previous report, ETA seconds)."""
@@ -97,9 +107,12 @@ class Progress:
     self._marks = collections.deque(marks[-1:])
     if len(marks) < 2 or marks[-1][1] <= marks[0][1]:
       return None, None
-    rate = (marks[-1][0] - marks[0][0]) / (marks[-1][1] - marks[0][1])
-    overall = (marks[-1][0] - self._first[0]) / (marks[-1][1] - self._first[1])
-    return rate, (self.num_steps - marks[-1][0]) / overall
+    step = marks[-1][0]
+    rate = (step - marks[0][0]) / (marks[-1][1] - marks[0][1])
+    overall = (step - self._first[0]) / (marks[-1][1] - self._first[1])
+    evals_left = sum(s >= step for s in self.eval_steps)  # a step logs, then validates
+    per_eval = float(np.mean(self._evals)) if self._evals else 0.0
+    return rate, (self.num_steps - step) / overall + evals_left * per_eval
 
 
 def format_duration(seconds) -> str:
@@ -190,26 +203,36 @@ def train_and_evaluate(config, workdir: str):
   aux = () if vgg_params is None else (train_steps.replicate(vgg_params),)
   schedule = train_steps.learning_rate_schedule(config.optimizer)
   preemption = PreemptionWatch()
-  progress = Progress(num_steps)
+  eval_steps = ([s for s in range(start_step + 1, num_steps + 1)
+                 if s % config.eval_every == 0 or s == num_steps]
+                if config.eval_every > 0 else [])
+  progress = Progress(num_steps, eval_steps)
 
   def save(step):
     host_state = train_steps.to_tree(train_steps.unreplicate(p_state), static["layouts"])
     checkpoints.save(mngr, step, host_state,
                      _meta(config, model, train_iter.state(step), config.stage))
 
-  def evaluate(step):
+  def evaluate(step, warm_up=False):
+    """Validation at `step`; `warm_up` compiles its programs on one image, writing nothing."""
+    t0 = time.perf_counter()
     flat = train_steps.unreplicate(
         p_state.ema_params if p_state.ema_params is not None else p_state.generator["params"])
     params = static["layouts"]["generator"].unravel(flat)
+    limit = 1 if warm_up else (config.eval_limit if config.eval_limit > 0 else None)
     result = evaluate_split(p_forward, train_steps.replicate(params), test_split, scale,
                             ip.Sharding(config.eval_batch_size, jax.process_index(),
                                         jax.process_count(), jax.local_device_count()),
-                            limit=config.eval_limit if config.eval_limit > 0 else None)
-    writer.write_scalars(step, {f"val/{k}": v for k, v in result["mean"].items()})
+                            limit=limit)
     if is_main:
       image = sample_grid(model, params, test_split, scale, config.num_sample_images)
+    if warm_up:
+      return None
+    writer.write_scalars(step, {f"val/{k}": v for k, v in result["mean"].items()})
+    if is_main:
       writer.write_images(step, {"samples": image[None]})
       save_png(image, os.path.join(workdir, "samples", f"step_{step:07d}.png"))
+    progress.evaluated(time.perf_counter() - t0)
     return result["mean"]
 
   in_flight, finished = collections.deque(), []
@@ -237,6 +260,8 @@ def train_and_evaluate(config, workdir: str):
       speed = "" if rate is None else f", {rate:.3g} steps/s, ETA {format_duration(eta)}"
       logging.info("step %d/%d: loss %.5f%s", step, num_steps, summary["loss"], speed)
 
+  if eval_steps:  # compile validation now, so that its time during training is predictable
+    evaluate(start_step, warm_up=True)
   t_start, last = time.time(), None
   try:
     for step in range(start_step, num_steps):

@@ -146,21 +146,24 @@ def test_release_gradient_quirks():
 
 
 def test_progress_rates_come_from_completed_steps(monkeypatch):
-  """Steps/s over the last interval; the ETA from the mean rate since the first step."""
+  """Steps/s over the last interval without validation time; the ETA from the mean rate
+  since the first step plus the validations to come at their mean duration."""
   now = [100.0]
   monkeypatch.setattr(training.time, "perf_counter", lambda: now[0])
-  progress = training.Progress(num_steps=30)
+  progress = training.Progress(num_steps=30, eval_steps=[10, 20, 30])
   for step in range(1, 11):  # one step per second
-    progress.completed(step)
     now[0] += 1.0
-  rate, eta = progress.report()
-  assert rate == pytest.approx(1.0) and eta == pytest.approx(20.0)
-  now[0] += 9.0  # a validation pass of 10 s between steps 10 and 11
-  for step in range(11, 21):
     progress.completed(step)
-    now[0] += 1.0
   rate, eta = progress.report()
-  # Steps 10 -> 20 took 19 s; steps 1 -> 20 took 28 s, so 10 steps left take 10 * 28 / 19 s.
-  assert rate == pytest.approx(10 / 19) and eta == pytest.approx(10 * 28 / 19)
+  assert rate == pytest.approx(1.0) and eta == pytest.approx(20.0)  # no validation timed yet
+  now[0] += 10.0  # the validation at step 10 takes 10 s
+  progress.evaluated(10.0)
+  for step in range(11, 21):  # then steps slow down to 2 s
+    now[0] += 2.0
+    progress.completed(step)
+  rate, eta = progress.report()
+  # Steps 10 -> 20: 10 steps in 20 s of training; 1 -> 20: 19 steps in 1 * 9 + 2 * 10 = 29 s.
+  # Left: 10 steps at 29 / 19 s each, and the validations at steps 20 and 30, 10 s each.
+  assert rate == pytest.approx(0.5) and eta == pytest.approx(10 * 29 / 19 + 20)
   assert progress.report() == (None, None)  # nothing completed since
-  assert training.format_duration(eta) == "0m15s" and training.format_duration(3725) == "1h02m"
+  assert training.format_duration(eta) == "0m35s" and training.format_duration(3725) == "1h02m"
