@@ -14,12 +14,9 @@ of the plainly upscaled photo (PIL bicubic); right: the same region restored.
 """
 
 import os
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -40,23 +37,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def app_screenshot(checkpoint):
   from playwright.sync_api import sync_playwright
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-  scratch = tempfile.mkdtemp(prefix="sfmnet_app_")
-  proc = subprocess.Popen([sys.executable, "-m", "sfmnet_jax.app", f"--checkpoint={checkpoint}",
-                           f"--port={port}", f"--scratch_dir={scratch}"], cwd=REPO)
-  url = f"http://127.0.0.1:{port}/"
+  from sfmnet_jax import app
+  proc, url = app.start_in_subprocess(checkpoint, tempfile.mkdtemp(prefix="sfmnet_app_"),
+                                      cwd=REPO)
   try:
-    deadline = time.time() + 300
-    while True:
-      try:
-        urllib.request.urlopen(url, timeout=2)
-        break
-      except OSError:
-        if proc.poll() is not None or time.time() > deadline:
-          raise SystemExit("the app did not start")
-        time.sleep(1)
     with sync_playwright() as p:
       browser = p.chromium.launch(executable_path="/usr/bin/chromium",
                                   args=["--headless=new", "--no-sandbox", "--disable-gpu"])

@@ -26,15 +26,18 @@ if __name__ == "__main__":
 import logging  # noqa: E402
 import os  # noqa: E402
 import shutil  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
+import urllib.request  # noqa: E402
 import zipfile  # noqa: E402
 
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from sfmnet_jax import cli, face_detection, image_io, photo  # noqa: E402
+from sfmnet_jax import cli, degradation, face_detection, image_io, photo  # noqa: E402
 
 MODES = ("Whole photo", "Faces only")
 
@@ -75,8 +78,8 @@ class Restorer:
       if self.scale is None:
         raise ValueError(f"{checkpoint} does not record its scale: start the app with --scale")
       t0 = time.perf_counter()
-      photo.super_resolve(self.model, self.variables,
-                          np.zeros((1, 128 // self.scale, 128 // self.scale, 3), np.uint8))
+      side = degradation.lr_size(self.scale)
+      photo.super_resolve(self.model, self.variables, np.zeros((1, side, side, 3), np.uint8))
       logging.info("model from %s (x%d) compiled in %.1f s", checkpoint, self.scale,
                    time.perf_counter() - t0)
     except Exception as e:  # pylint: disable=broad-except  (the page shows it)
@@ -216,6 +219,31 @@ def _main(fv, positional) -> int:
 
 def main(argv=None) -> int:
   return cli.run(_main, argv, define_flags, __doc__, "python -m sfmnet_jax.app")
+
+
+def start_in_subprocess(checkpoint, scratch_dir, *, stdout=None, timeout=300.0, cwd=None):
+  """Starts `python -m sfmnet_jax.app` on a free local port and waits until the page answers.
+
+  Returns (process, url); the caller terminates the process. Raises RuntimeError
+  when the server exits or does not answer within `timeout` seconds.
+  """
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  proc = subprocess.Popen([sys.executable, "-m", "sfmnet_jax.app", f"--checkpoint={checkpoint}",
+                           f"--port={port}", f"--scratch_dir={scratch_dir}"],
+                          cwd=cwd, stdout=stdout, stderr=subprocess.STDOUT if stdout else None)
+  url = f"http://127.0.0.1:{port}/"
+  deadline = time.time() + timeout
+  while True:
+    try:
+      urllib.request.urlopen(url, timeout=2)
+      return proc, url
+    except OSError:
+      if proc.poll() is not None or time.time() > deadline:
+        proc.kill()
+        raise RuntimeError(f"the app did not start on {url}") from None
+      time.sleep(1)
 
 
 if __name__ == "__main__":

@@ -2,10 +2,6 @@
 
 import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
 import urllib.request
 
 import numpy as np
@@ -13,19 +9,13 @@ import pytest
 from PIL import Image
 
 from helpers import GOLDEN, REPO
-from sfmnet_jax import convert
+from sfmnet_jax import app, convert
 from sfmnet_jax.datasets import demo_faces
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 BROWSER_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
                 "--no-first-run", "--disable-background-networking",
                 "--disable-component-update", "--disable-sync"]
-
-
-def _free_port():
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -35,22 +25,12 @@ def server(tmp_path_factory):
                 "chromium)")
   root = tmp_path_factory.mktemp("app")
   assert convert.main([str(GOLDEN), str(root / "x4"), "--scale=4"]) == 0
-  port = _free_port()
   log = open(root / "server.log", "w")
-  proc = subprocess.Popen([sys.executable, "-m", "sfmnet_jax.app", f"--checkpoint={root / 'x4'}",
-                           f"--port={port}", f"--scratch_dir={root / 'scratch'}"],
-                          cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-  url = f"http://127.0.0.1:{port}/"
-  deadline = time.time() + 300
-  while True:
-    try:
-      urllib.request.urlopen(url, timeout=2)
-      break
-    except OSError:
-      if proc.poll() is not None or time.time() > deadline:
-        log.close()
-        raise AssertionError("the app did not start: " + (root / "server.log").read_text()[-3000:])
-      time.sleep(1)
+  try:
+    proc, url = app.start_in_subprocess(root / "x4", root / "scratch", stdout=log, cwd=REPO)
+  except RuntimeError as e:
+    log.close()
+    raise AssertionError(f"{e}: " + (root / "server.log").read_text()[-3000:]) from None
   yield {"url": url, "root": root, "proc": proc}
   proc.terminate()
   proc.wait(timeout=60)
