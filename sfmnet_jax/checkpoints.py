@@ -12,6 +12,7 @@ folder holds two items:
 folder of it, or a release `.pth`/`.npz` file.
 """
 
+import logging
 import os
 from typing import Any, Dict, Optional, Tuple
 
@@ -108,16 +109,29 @@ def locate(path) -> Tuple[str, Optional[str], Optional[int]]:
 
 
 def load_generator(path, *, use_ema: bool = True, dtype=None, scale: Optional[int] = None,
-                   scale_flag: str = "--config.data.scale"):
+                   scale_flag: str = "--config.data.scale",
+                   configured: Optional[Dict[str, Any]] = None):
   """Loads a generator from anything `locate` accepts, with the architecture it records.
 
   The generator's width and depth come from the checkpoint (its metadata, or a
-  release file's shapes). `scale` is the data's scale: a checkpoint recorded
-  for another scale is an error naming `scale_flag`, the flag that fixes it.
+  release file's shapes); where they differ from `configured` (a config's
+  `model` fields) a warning says the checkpoint's are used. `scale` is the
+  data's scale: a checkpoint recorded for another scale is an error naming
+  `scale_flag`, the flag that fixes it.
   Returns `(model, variables, info)`, where `info` holds `source`, `step`,
   `scale` (recorded, else the given one; None when neither is known) and
   `ema` (whether EMA weights were used).
   """
+  model, variables, info = _load_generator(path, use_ema, dtype, scale, scale_flag)
+  if configured is not None:
+    wanted = model_meta(model_from_meta(configured))
+    if wanted != model_meta(model):
+      logging.warning("%s holds a generator with %s, the config says %s: using the "
+                      "checkpoint's", path, model_meta(model), wanted)
+  return model, variables, info
+
+
+def _load_generator(path, use_ema, dtype, scale, scale_flag):
   kind, where, step = locate(path)
   overrides = {} if dtype is None else {"dtype": dtype}
   if kind == "file":

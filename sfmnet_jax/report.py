@@ -38,14 +38,8 @@ COLUMNS = [("psnr", "PSNR↑", 2), ("ssim", "SSIM↑", 4), ("ssim_matlab", "SSIM
 
 def load_generator_for(checkpoint, config, use_ema=True):
   """The checkpoint's generator for the config's data: its scale must match, its width wins."""
-  model, variables, info = checkpoints.load_generator(checkpoint, use_ema=use_ema,
-                                                      scale=config.data.scale)
-  configured = {k: config.model[k] for k in ("num_features", "num_resblocks")}
-  recorded = {k: getattr(model, k) for k in configured}
-  if recorded != configured:
-    logging.info("%s holds a generator with %s (the config says %s): using the checkpoint's",
-                 checkpoint, recorded, configured)
-  return model, variables, info
+  return checkpoints.load_generator(checkpoint, use_ema=use_ema, scale=config.data.scale,
+                                    configured=config.model.to_dict())
 
 
 def model_label(checkpoint, info) -> str:

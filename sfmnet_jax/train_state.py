@@ -26,11 +26,7 @@ def _initial_generator(config, model):
     return model, init_generator(model, config.seed)["params"]
   loaded, variables, info = checkpoints.load_generator(
       config.init_from, use_ema=config.init_from_ema, scale=config.data.scale,
-      scale_flag="--config.data.scale")
-  mine, theirs = checkpoints.model_meta(model), checkpoints.model_meta(loaded)
-  if mine != theirs:
-    logging.warning("init_from %s holds %s, the config says %s: training the checkpoint's "
-                    "architecture", config.init_from, theirs, mine)
+      configured=checkpoints.model_meta(model))
   logging.info("Generator initialised from %s (step %s, ema=%s)", config.init_from,
                info["step"], info["ema"])
   return loaded.clone(dtype=model.dtype, remat=model.remat), variables["params"]
