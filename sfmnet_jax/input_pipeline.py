@@ -27,6 +27,7 @@ from sfmnet_jax import degradation, resize
 from sfmnet_jax.degradation import HR_SIZE
 from sfmnet_jax.datasets.sources import Split
 
+
 def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
   return np.random.default_rng([seed, epoch]).permutation(n)
 

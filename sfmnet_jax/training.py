@@ -115,6 +115,14 @@ class Progress:
     return rate, (self.num_steps - step) / overall + evals_left * per_eval
 
 
+def _validation_steps(start_step: int, num_steps: int, every: int):
+  """The steps after which the run validates: every `every` steps and the last (none if <= 0)."""
+  if every <= 0 or start_step >= num_steps:
+    return frozenset()
+  first = (start_step // every + 1) * every
+  return frozenset(range(first, num_steps + 1, every)) | {num_steps}
+
+
 def format_duration(seconds) -> str:
   if seconds is None or not np.isfinite(seconds):
     return "?"
@@ -203,9 +211,7 @@ def train_and_evaluate(config, workdir: str):
   aux = () if vgg_params is None else (train_steps.replicate(vgg_params),)
   schedule = train_steps.learning_rate_schedule(config.optimizer)
   preemption = PreemptionWatch()
-  eval_steps = ([s for s in range(start_step + 1, num_steps + 1)
-                 if s % config.eval_every == 0 or s == num_steps]
-                if config.eval_every > 0 else [])
+  eval_steps = _validation_steps(start_step, num_steps, config.eval_every)
   progress = Progress(num_steps, eval_steps)
 
   def save(step):
@@ -275,7 +281,7 @@ def train_and_evaluate(config, workdir: str):
         while in_flight:
           complete_oldest()
         log_summary(step + 1)
-      if config.eval_every > 0 and ((step + 1) % config.eval_every == 0 or done):
+      if step + 1 in eval_steps:
         last = evaluate(step + 1)
       if (step + 1) % config.checkpoint_every == 0 or done or stop:
         save(step + 1)
