@@ -24,13 +24,16 @@ crop coordinates.
 
 import dataclasses
 import json
+import logging
 from typing import Optional, Sequence
 
 import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-CROP_SIZE = 128
+from sfmnet_jax.degradation import HR_SIZE
+
+CROP_SIZE = HR_SIZE  # the conventions' numbers are pixels of the network's HR crop
 
 CELEBA_TEMPLATE = ((88.4, 47.3), (74.3, 48.4), (39.4, 48.3), (53.3, 48.9), (64.1, 74.3))
 HELEN_TEMPLATE = ((93.9, 34.9), (76.2, 36.3), (31.5, 36.6), (49.5, 37.0), (63.7, 67.8))
@@ -49,6 +52,17 @@ class Convention:
   @property
   def needs_68_points(self) -> bool:
     return self.template is None
+
+  @property
+  def landmark_points(self) -> tuple:
+    """The dlib shape predictors this convention needs: (68,) or (5,)."""
+    return (68,) if self.needs_68_points else (5,)
+
+  def warn_licence(self) -> None:
+    """Says so when the convention uses the 68-point model (its training data's licence)."""
+    if self.needs_68_points:
+      logging.warning("convention %s uses dlib's 68-point model, trained on iBUG 300-W, whose "
+                      "licence excludes commercial use", self.name)
 
 
 CONVENTIONS = {

@@ -5,7 +5,6 @@ pipeline pads the last batch and masks it); the bicubic baseline (LR-up vs
 HR) goes through the same metric code as the model's output.
 """
 
-import functools
 from typing import Callable, Dict, Iterator, Optional
 
 import jax
@@ -15,6 +14,7 @@ from jax.experimental import multihost_utils
 from sfmnet_jax import degradation, input_pipeline as ip, metrics
 from sfmnet_jax.datasets import demo_faces
 from sfmnet_jax.datasets.sources import Split
+from sfmnet_jax.models import jitted_apply
 from sfmnet_jax.visualize import grid
 
 METRIC_KEYS = ("psnr", "ssim", "ssim_matlab")
@@ -67,11 +67,6 @@ def evaluate_split(p_forward, p_params, split, scale, sharding, limit=None,
   return {"mean": mean, "per_image": per_image, "count": count}
 
 
-@functools.lru_cache(maxsize=4)
-def _jitted_apply(model):
-  return jax.jit(model.apply)
-
-
 def sample_images(split: Split, scale: int, n: int):
   """HR, LR and LR-up of the first n images of `split` plus the astronaut portrait (a real face)."""
   sharding = ip.Sharding(1)
@@ -92,7 +87,7 @@ def sample_grid(model, params, split: Split, scale: int, n: int) -> np.ndarray:
   """Rows of LR-up | SR | frequency branch | HR: the first n test faces and the astronaut."""
   images = sample_images(split, scale, n)
   lr_up = images["lr_up"].astype(np.float32) / 255.0
-  sr, fre = _jitted_apply(model)({"params": params}, lr_up)
+  sr, fre = jitted_apply(model)({"params": params}, lr_up)
   rows = [[lr_up[i], np.asarray(sr[i]), np.asarray(fre[i]), images["hr"][i]]
           for i in range(len(lr_up))]
   return grid(rows)

@@ -62,7 +62,8 @@ class Face:
     return float(self.box[2] - self.box[0])
 
 
-def _model_path(getter: str) -> str:
+def model_path(getter: str) -> str:
+  """The file `face_recognition_models.<getter>()` names (ModelFileMissing says how to get it)."""
   try:
     import face_recognition_models  # pylint: disable=g-import-not-at-top
   except ImportError:
@@ -89,15 +90,16 @@ def _detector(kind: str):
   if kind == "hog":
     return dlib.get_frontal_face_detector()
   if kind == "cnn":
-    return dlib.cnn_face_detection_model_v1(_model_path("cnn_face_detector_model_location"))
+    return dlib.cnn_face_detection_model_v1(model_path("cnn_face_detector_model_location"))
   raise ValueError(f"detector must be one of {DETECTORS}, got {kind!r}")
 
 
 @functools.lru_cache(maxsize=None)
-def _predictor(points: int):
+def shape_predictor(points: int):
+  """dlib's 5- or 68-point shape predictor, loaded once per process."""
   getter = {5: "pose_predictor_five_point_model_location",
             68: "pose_predictor_model_location"}[points]
-  return _dlib().shape_predictor(_model_path(getter))
+  return _dlib().shape_predictor(model_path(getter))
 
 
 def _raw(image, kind, upsample):
@@ -150,7 +152,7 @@ def detect(image: np.ndarray, detector: str = "auto", upsample: int = 2,
     face = Face(tuple(int(v) for v in box), score, kind)
     rect = dlib.rectangle(*face.box)
     for n in landmarks:
-      shape = _predictor(n)(image, rect)
+      shape = shape_predictor(n)(image, rect)
       pts = np.array([[shape.part(i).x, shape.part(i).y] for i in range(n)], np.float64)
       setattr(face, f"landmarks{n}", pts)
     faces.append(face)
@@ -161,5 +163,6 @@ def detect(image: np.ndarray, detector: str = "auto", upsample: int = 2,
 def landmarks_in_box(image: np.ndarray, box, points: int = 5) -> np.ndarray:
   """dlib's landmarks for a given face box (e.g. the whole crop of an aligned face)."""
   dlib = _dlib()
-  shape = _predictor(points)(np.ascontiguousarray(image, dtype=np.uint8), dlib.rectangle(*box))
+  shape = shape_predictor(points)(np.ascontiguousarray(image, dtype=np.uint8),
+                                 dlib.rectangle(*box))
   return np.array([[shape.part(i).x, shape.part(i).y] for i in range(points)], np.float64)

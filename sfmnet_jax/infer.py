@@ -116,11 +116,8 @@ def run(fv) -> int:
   if scale is None:
     raise ValueError(f"{fv.checkpoint} does not record its scale: pass --scale=4, 8 or 16")
   convention = alignment.get_convention(fv.convention)
-  if convention.needs_68_points:
-    logging.warning("convention %s uses dlib's 68-point model, trained on iBUG 300-W, whose "
-                    "licence excludes commercial use", convention.name)
+  convention.warn_licence()
   if fv.demo:
-    from sfmnet_jax.datasets import demo_faces
     images, skipped = [("astronaut_group", demo_group_photo(scale))], []
   else:
     if not fv.input or not os.path.exists(fv.input):

@@ -1,5 +1,6 @@
 """The two-branch SFMNet generator (the release's `TwoBranch`), in Flax linen, NHWC."""
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -136,6 +137,12 @@ def init_generator(model: SFMNet, seed: int = 0, image_size=(32, 32)):
   trace.
   """
   return {"params": host_init(abstract_variables(model, image_size)["params"], seed)}
+
+
+@functools.lru_cache(maxsize=4)
+def jitted_apply(model: SFMNet):
+  """`jax.jit(model.apply)`, one per model, so that callers share its compiled programs."""
+  return jax.jit(model.apply)
 
 
 def count_params(tree) -> int:

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sfmnet_jax import face_detection
 from sfmnet_jax.metrics import quantize
 
 
@@ -60,10 +61,10 @@ class IdentityEmbedder:
     if reason:
       raise ImportError(reason)
     import dlib  # pylint: disable=g-import-not-at-top
-    import face_recognition_models as models  # pylint: disable=g-import-not-at-top
     self._dlib = dlib
-    self._shape = dlib.shape_predictor(models.pose_predictor_five_point_model_location())
-    self._net = dlib.face_recognition_model_v1(models.face_recognition_model_location())
+    self._shape = face_detection.shape_predictor(5)  # the one the face detection uses
+    self._net = dlib.face_recognition_model_v1(
+        face_detection.model_path("face_recognition_model_location"))
 
   def embed(self, image) -> np.ndarray:
     """128-d embedding of one (H, W, 3) face image (float in [0, 1] or uint8)."""

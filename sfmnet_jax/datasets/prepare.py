@@ -49,13 +49,12 @@ def read_list(raw_dir: str, list_file: Optional[str], partition: Optional[str]) 
   return names
 
 
-def crop_face(image, face, convention: alignment.Convention) -> np.ndarray:
-  """The HR crop of one detected face under `convention` (uint8, 128x128)."""
+def crop_face(image, face, convention: alignment.Convention, transform) -> np.ndarray:
+  """The HR crop of one detected face under `convention` (uint8, 128x128); `transform` is
+  its `alignment.alignment_transform`."""
   if convention.name == "dic":
     return alignment.dic_crop(image, face.landmarks68)
-  t = alignment.alignment_transform(face.landmarks5, face.landmarks68, convention,
-                                    image.shape[:2])
-  return alignment.warp(image, t, alignment.CROP_SIZE)
+  return alignment.warp(image, transform, alignment.CROP_SIZE)
 
 
 def _load_log(out_dir: str) -> Dict[str, dict]:
@@ -80,9 +79,7 @@ def prepare(raw_dir: str, out_dir: str, convention: str = "celeba", list_file=No
   if not os.path.isdir(raw_dir):
     raise FileNotFoundError(f"raw photo folder not found: {raw_dir}")
   conv = alignment.get_convention(convention)
-  if conv.needs_68_points:
-    logging.warning("convention %s uses dlib's 68-point model, trained on iBUG 300-W, whose "
-                    "licence excludes commercial use", conv.name)
+  conv.warn_licence()
   names = read_list(raw_dir, list_file, partition)
   if not names:
     raise FileNotFoundError(f"no photos to prepare in {raw_dir}"
@@ -92,7 +89,6 @@ def prepare(raw_dir: str, out_dir: str, convention: str = "celeba", list_file=No
   settings = {"raw_dir": os.path.abspath(raw_dir), "convention": conv.name,
               "detector": detector, "upsample": upsample, "min_crop_side": min_crop_side}
   decisions = _load_log(out_dir)
-  points = (68,) if conv.needs_68_points else (5,)
   iterator = names
   if progress:
     import tqdm  # pylint: disable=g-import-not-at-top
@@ -109,7 +105,7 @@ def prepare(raw_dir: str, out_dir: str, convention: str = "celeba", list_file=No
     except (image_io.ImageReadError, FileNotFoundError) as e:
       decisions[name] = dict(decision, status="unreadable", error=str(e))
       continue
-    faces = face_detection.detect(image, detector, upsample, min_score, landmarks=points)
+    faces = face_detection.detect(image, detector, upsample, min_score, landmarks=conv.landmark_points)
     decision["faces_found"] = len(faces)
     if not faces:
       decisions[name] = dict(decision, status="no_face")
@@ -127,7 +123,7 @@ def prepare(raw_dir: str, out_dir: str, convention: str = "celeba", list_file=No
     if side < min_crop_side:
       decisions[name] = dict(decision, status="too_small")
       continue
-    hr = crop_face(image, face, conv)
+    hr = crop_face(image, face, conv, t)
     save_png(hr, os.path.join(out_dir, "HR", out_name))
     for scale, lr_dir in LR_DIRS.items():
       save_png(degradation.make_lr(hr, scale), os.path.join(out_dir, lr_dir, out_name))
