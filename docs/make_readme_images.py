@@ -24,7 +24,6 @@ from sfmnet_jax import runtime  # noqa: E402
 
 runtime.prepare_process()
 
-import numpy as np  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
 from sfmnet_jax import checkpoints, photo  # noqa: E402

@@ -20,7 +20,6 @@ are skipped (their HR would be an upscaled blur), and counted.
 """
 
 import json
-import logging
 import os
 from typing import Dict, List, Optional
 
