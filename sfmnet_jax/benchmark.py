@@ -5,6 +5,7 @@ r"""Benchmarks that print numbers and write JSON (speed targets are checked here
   python -m sfmnet_jax.benchmark compare --release_dir=PATH/TO/SFMNet [--widths=16,32,64]
   python -m sfmnet_jax.benchmark input [--scale=8] [--batch_size=8] [--batches=300]
   python -m sfmnet_jax.benchmark photo --checkpoint=runs/demo
+  python -m sfmnet_jax.benchmark profile [--num_features=32] [--target=psnr|gan|forward]
 
 `model`: the generator (C=64 unless --num_features, 128x128): forward latency
 at batch 1 and throughput at larger batches on one device, the PSNR-stage and
@@ -14,6 +15,9 @@ weights (its speed does not depend on them).
 `compare`: the authors' PyTorch release beside this port in one process, for
 each width: forward at batch 1 and 8 and the PSNR step at batch 8, as ratios.
 `input`: tf.data throughput of 128x128 training batches on the demo faces.
+`profile`: where one call of the PSNR step (or GAN step, or forward at the
+first --batch_sizes) spends its time: XLA op time by kind, by SFMNet block
+and for the slowest ops (see benchmark_profile.py).
 `photo`: detection, alignment and restoration of a 1-megapixel photo with five
 small faces (the whole-photo pipeline of `sfmnet_jax.infer`).
 Results go to benchmark_results/<name>.json (or --output).
@@ -34,7 +38,7 @@ import time  # noqa: E402
 from sfmnet_jax import cli  # noqa: E402
 
 BENCHMARK_DIR = "benchmark_results"
-WHAT = ("model", "compare", "input", "photo")
+WHAT = ("model", "compare", "input", "photo", "profile")
 
 
 def write_json(result, name, output=None):
@@ -123,6 +127,44 @@ def bench_model(fv):
   return result
 
 
+def bench_profile(fv):
+  import jax
+  from configs import default
+  from sfmnet_jax import benchmark_model as bm, benchmark_profile as bp, train_state as training
+  from sfmnet_jax.models import init_generator
+  cfg = default.get_config()
+  cfg.dtype, cfg.stage = fv.dtype, ("gan" if fv.target == "gan" else "psnr")
+  cfg.model.num_features, cfg.model.remat = fv.num_features, fv.remat
+  cfg.data.patch_size = None if fv.size == 128 else fv.size
+  cfg.perceptual.weights = "random"
+  if fv.target == "forward":
+    batch = fv.batch_sizes[0]
+    model = training.build_model(cfg)
+    params = jax.device_put(init_generator(model, 0, (fv.size,) * 2)["params"])
+    compiled, args, compile_s = bm.compile_forward(model, params, batch, (fv.size,) * 2)
+
+    def call():
+      jax.block_until_ready(compiled(*args))
+  else:
+    batch = fv.train_batch
+    compiled, args, compile_s = bm.compile_train_step(cfg, batch)
+    state = [args]
+
+    def call():  # each step consumes the state it returns
+      new_state, _ = compiled(*state[0])
+      jax.block_until_ready(new_state)
+      state[0] = (new_state, *state[0][1:])
+  info = runtime.machine_info()
+  title = (f"{fv.target} C={fv.num_features} batch {batch}, {fv.size}x{fv.size}, {fv.dtype}, "
+           f"on {info['device']}")
+  result = bp.profile(call, compiled.as_text(), repeats=max(1, fv.repeats))
+  bp.print_profile(result, title)
+  result.update(benchmark="profile", target=fv.target, num_features=fv.num_features,
+                batch=batch, size=fv.size, dtype=fv.dtype, compile_s=compile_s, machine=info)
+  write_json(result, f"profile_{fv.target}_c{fv.num_features}_b{batch}", fv.output)
+  return result
+
+
 def bench_compare(fv):
   from sfmnet_jax import benchmark_release
   result = benchmark_release.compare(fv.release_dir, [int(w) for w in fv.widths], fv.repeats)
@@ -151,6 +193,9 @@ def define_flags(fv):
   f.DEFINE_list("stages", ["psnr", "gan"], "Train steps to time.", flag_values=fv)
   f.DEFINE_bool("train", True, "Time the train steps.", flag_values=fv)
   f.DEFINE_bool("remat", False, "Recompute the blocks in the backward pass (model.remat).", flag_values=fv)
+  # profile
+  f.DEFINE_enum("target", "psnr", ["psnr", "gan", "forward"], "What `profile` runs.",
+                flag_values=fv)
   # compare
   f.DEFINE_string("release_dir", None, "A checkout of github.com/wcy-cs/SFMNet.", flag_values=fv)
   f.DEFINE_list("widths", ["16", "32", "64"], "Generator widths to compare.", flag_values=fv)
@@ -181,7 +226,8 @@ def _main(fv, positional) -> int:
       print(f"error: {e}", file=sys.stderr)
       return 1
     return 0
-  {"model": bench_model, "input": bench_input, "photo": bench_photo}[what](fv)
+  {"model": bench_model, "input": bench_input, "photo": bench_photo,
+   "profile": bench_profile}[what](fv)
   return 0
 
 

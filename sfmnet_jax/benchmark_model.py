@@ -66,13 +66,18 @@ def _summary(name, batch, compile_s, times, flops):
   return row
 
 
-def forward(model, params, batch, size, repeats):
-  """Generator forward on one device: `jit(model.apply)` at the given batch size."""
+def compile_forward(model, params, batch, size):
+  """(compiled `jit(model.apply)`, its arguments, compile seconds) at the given batch size."""
   x = jnp.asarray(np.random.default_rng(0).uniform(size=(batch, *size, 3)), jnp.float32)
   apply = jax.jit(lambda p, v: model.apply({"params": p}, v))
   t0 = time.perf_counter()
   compiled = apply.lower(params, x).compile()
-  lower_compile_s = time.perf_counter() - t0
+  return compiled, (params, x), time.perf_counter() - t0
+
+
+def forward(model, params, batch, size, repeats):
+  """Generator forward on one device: `jit(model.apply)` at the given batch size."""
+  compiled, (params, x), lower_compile_s = compile_forward(model, params, batch, size)
   flops, memory = _cost(compiled)
   row = _summary(f"forward_b{batch}", batch, lower_compile_s,
                  time_calls(compiled, (params, x), repeats), flops)
@@ -80,8 +85,8 @@ def forward(model, params, batch, size, repeats):
   return row
 
 
-def train_step(config, batch, repeats):
-  """One pmap-ed training step (PSNR or GAN stage per `config.stage`) at a global batch."""
+def compile_train_step(config, batch):
+  """(compiled pmap-ed step of `config.stage`, its arguments, compile seconds) at a global batch."""
   from sfmnet_jax import train_steps, train_state as training  # pylint: disable=g-import-not-at-top
   n = jax.local_device_count()
   if batch % n:
@@ -101,7 +106,13 @@ def train_step(config, batch, repeats):
     args = (p_state, data)
   t0 = time.perf_counter()
   compiled = step_fn.lower(*args).compile()
-  compile_s = time.perf_counter() - t0
+  return compiled, args, time.perf_counter() - t0
+
+
+def train_step(config, batch, repeats):
+  """One pmap-ed training step (PSNR or GAN stage per `config.stage`) at a global batch."""
+  n = jax.local_device_count()
+  compiled, args, compile_s = compile_train_step(config, batch)
   flops, memory = _cost(compiled)
   times = []  # not time_calls: each step consumes the state (donated on accelerators)
   for _ in range(repeats + 1):  # the first call warms up caches and allocators

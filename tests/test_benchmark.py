@@ -77,3 +77,35 @@ def test_compare_without_torch_says_how_to_get_it(monkeypatch, capsys):
 def test_benchmark_usage_errors(argv, message, capsys):
   assert benchmark.main(argv) == 2
   assert message in capsys.readouterr().err
+
+
+def test_profile_names_each_op_by_kind_and_block():
+  """`benchmark profile`'s attribution: closed-form layer paths, and a compiled function whose
+  convolution, dot and FFT sit in known named scopes."""
+  from sfmnet_jax import benchmark_profile as bp
+  assert bp.source_of("jit(_fun)/transpose(jvp(SFMNet))/up2_fre_mo/layers_0/post/dot_general") \
+      == "up2_fre_mo (backward)"
+  assert bp.source_of("jit(<lambda>)/SFMNet/layers_12/fre_att/split") == "conv_fuse[12]"
+  assert bp.source_of("pmap(psnr_step)/reduce_sum") == "(step: reduce_sum)"
+
+  def fn(x, k, w):
+    with jax.named_scope("myconv"):
+      y = jax.lax.conv_general_dilated(x, k, (1, 1), "SAME",
+                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    with jax.named_scope("mydot"):
+      z = y.reshape(-1, 8) @ w
+    with jax.named_scope("myfft"):
+      return jax.numpy.abs(jax.numpy.fft.rfft2(z.reshape(2, 16, 16, 8), axes=(1, 2)))
+
+  shapes = [jax.ShapeDtypeStruct(s, "float32") for s in ((2, 16, 16, 4), (3, 3, 4, 8), (8, 8))]
+  table = bp.op_table(jax.jit(fn).lower(*shapes).compile().as_text())
+  kinds = {(kind, block.split("/")[0]) for kind, block in table.values()}
+  assert {("convolution", "myconv"), ("fft", "myfft")} <= kinds, kinds
+  assert any(kind == "dot" and block.startswith("mydot") for kind, block in table.values()), kinds
+
+  compiled = jax.jit(fn).lower(*shapes).compile()
+  args = [jax.numpy.ones(s.shape) for s in shapes]
+  result = bp.profile(lambda: jax.block_until_ready(compiled(*args)), compiled.as_text(),
+                      repeats=1)
+  assert result["by_kind"].get("fft", 0) > 0 and "myfft" in result["by_block"], result
+  assert all(op["name"] in table for op in result["top_ops"])
