@@ -81,26 +81,28 @@ def bench_input(fv):
   return result
 
 
+def model_config(fv, stage):
+  """The default config at the flags' width, size, dtype and remat (random VGG weights)."""
+  from configs import default
+  cfg = default.get_config()
+  cfg.dtype, cfg.stage = fv.dtype, stage
+  cfg.model.num_features = fv.num_features
+  cfg.model.remat = fv.remat
+  cfg.data.patch_size = None if fv.size == 128 else fv.size
+  cfg.perceptual.weights = "random"
+  return cfg
+
+
 def bench_model(fv):
   import jax
-  from configs import default
   from sfmnet_jax import benchmark_model as bm, train_state as training
   from sfmnet_jax.models import init_generator
-
-  def config_for(stage):
-    cfg = default.get_config()
-    cfg.dtype, cfg.stage = fv.dtype, stage
-    cfg.model.num_features = fv.num_features
-    cfg.model.remat = fv.remat
-    cfg.data.patch_size = None if fv.size == 128 else fv.size
-    cfg.perceptual.weights = "random"
-    return cfg
 
   info = runtime.machine_info()
   print(f"SFMNet C={fv.num_features}, {fv.size}x{fv.size}, {fv.dtype} compute"
         f"{', remat' if fv.remat else ''}, on {info['device']} ({info['platform']}, "
         f"{info['device_count']} devices)")
-  model = training.build_model(config_for("psnr"))
+  model = training.build_model(model_config(fv, "psnr"))
   params = jax.device_put(init_generator(model, 0, (fv.size,) * 2)["params"])
   rows = []
 
@@ -115,7 +117,7 @@ def bench_model(fv):
     show(bm.forward(model, params, int(b), (fv.size,) * 2, fv.repeats))
   if fv.train:
     for stage in fv.stages:
-      show(bm.train_step(config_for(stage), fv.train_batch, max(2, fv.repeats // 2)))
+      show(bm.train_step(model_config(fv, stage), fv.train_batch, max(2, fv.repeats // 2)))
   result = {"benchmark": "model", "num_features": fv.num_features, "size": fv.size,
             "dtype": fv.dtype, "remat": fv.remat, "rows": rows, "memory": bm.peak_memory(),
             "machine": info, "release_gflop_per_image": bm.RELEASE_GFLOP_PER_IMAGE}
@@ -129,14 +131,9 @@ def bench_model(fv):
 
 def bench_profile(fv):
   import jax
-  from configs import default
   from sfmnet_jax import benchmark_model as bm, benchmark_profile as bp, train_state as training
   from sfmnet_jax.models import init_generator
-  cfg = default.get_config()
-  cfg.dtype, cfg.stage = fv.dtype, ("gan" if fv.target == "gan" else "psnr")
-  cfg.model.num_features, cfg.model.remat = fv.num_features, fv.remat
-  cfg.data.patch_size = None if fv.size == 128 else fv.size
-  cfg.perceptual.weights = "random"
+  cfg = model_config(fv, "gan" if fv.target == "gan" else "psnr")
   if fv.target == "forward":
     batch = fv.batch_sizes[0]
     model = training.build_model(cfg)
