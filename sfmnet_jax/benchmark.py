@@ -93,17 +93,23 @@ def model_config(fv, stage):
   return cfg
 
 
-def bench_model(fv):
+def model_and_params(cfg, size):
+  """`cfg`'s generator and its initial parameters (seed 0) on the default device."""
   import jax
-  from sfmnet_jax import benchmark_model as bm, train_state as training
+  from sfmnet_jax import train_state as training
   from sfmnet_jax.models import init_generator
+  model = training.build_model(cfg)
+  return model, jax.device_put(init_generator(model, 0, (size, size))["params"])
+
+
+def bench_model(fv):
+  from sfmnet_jax import benchmark_model as bm
 
   info = runtime.machine_info()
   print(f"SFMNet C={fv.num_features}, {fv.size}x{fv.size}, {fv.dtype} compute"
         f"{', remat' if fv.remat else ''}, on {info['device']} ({info['platform']}, "
         f"{info['device_count']} devices)")
-  model = training.build_model(model_config(fv, "psnr"))
-  params = jax.device_put(init_generator(model, 0, (fv.size,) * 2)["params"])
+  model, params = model_and_params(model_config(fv, "psnr"), fv.size)
   rows = []
 
   def show(row):
@@ -131,13 +137,11 @@ def bench_model(fv):
 
 def bench_profile(fv):
   import jax
-  from sfmnet_jax import benchmark_model as bm, benchmark_profile as bp, train_state as training
-  from sfmnet_jax.models import init_generator
+  from sfmnet_jax import benchmark_model as bm, benchmark_profile as bp
   cfg = model_config(fv, "gan" if fv.target == "gan" else "psnr")
   if fv.target == "forward":
     batch = fv.batch_sizes[0]
-    model = training.build_model(cfg)
-    params = jax.device_put(init_generator(model, 0, (fv.size,) * 2)["params"])
+    model, params = model_and_params(cfg, fv.size)
     compiled, args, compile_s = bm.compile_forward(model, params, batch, (fv.size,) * 2)
 
     def call():
@@ -145,12 +149,7 @@ def bench_profile(fv):
   else:
     batch = fv.train_batch
     compiled, args, compile_s = bm.compile_train_step(cfg, batch)
-    state = [args]
-
-    def call():  # each step consumes the state it returns
-      new_state, _ = compiled(*state[0])
-      jax.block_until_ready(new_state)
-      state[0] = (new_state, *state[0][1:])
+    call = bm.stepper(compiled, args)
   info = runtime.machine_info()
   title = (f"{fv.target} C={fv.num_features} batch {batch}, {fv.size}x{fv.size}, {fv.dtype}, "
            f"on {info['device']}")

@@ -109,18 +109,34 @@ def compile_train_step(config, batch):
   return compiled, args, time.perf_counter() - t0
 
 
+def stepper(compiled, args):
+  """A function that runs one compiled step, waits for it and returns its metrics.
+
+  Each call feeds the state the previous call returned (a step consumes its
+  state: it is donated on accelerators).
+  """
+  current = list(args)
+
+  def call():
+    new_state, metrics = compiled(*current)
+    jax.block_until_ready(new_state)
+    current[0] = new_state
+    return metrics
+
+  return call
+
+
 def train_step(config, batch, repeats):
   """One pmap-ed training step (PSNR or GAN stage per `config.stage`) at a global batch."""
   n = jax.local_device_count()
   compiled, args, compile_s = compile_train_step(config, batch)
   flops, memory = _cost(compiled)
-  times = []  # not time_calls: each step consumes the state (donated on accelerators)
+  step = stepper(compiled, args)
+  times = []  # not time_calls: each call consumes the state
   for _ in range(repeats + 1):  # the first call warms up caches and allocators
     t0 = time.perf_counter()
-    new_state, metrics = compiled(*args)
-    jax.block_until_ready(new_state)
+    metrics = step()
     times.append(time.perf_counter() - t0)
-    args = (new_state, *args[1:])
   if not float(np.asarray(metrics["finite"]).min()):
     raise RuntimeError(f"{config.stage} step produced a non-finite loss")
   row = _summary(f"{config.stage}_step_b{batch}", batch, compile_s, times[1:],

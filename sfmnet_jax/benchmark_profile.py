@@ -9,8 +9,9 @@ that produced it (the `op_name` metadata, e.g. `up3_mo/layers_0/...`, with a
 the threads that run them.
 
 On XLA:CPU with YNNPACK fusions (runtime.py's flag) the YNNPACK calls do not
-appear as op events: their time shows only as `untraced`, the part of the
-call's wall time during which no traced op ran on any thread.
+appear as op events: their time shows only as `untraced_ms` ("no traced op
+running"), the part of the call's wall time during which no traced op ran on
+any thread.
 """
 
 import collections
@@ -38,7 +39,7 @@ def op_table(hlo_text: str):
   kind: the instruction's opcode, or for a fusion the first of KINDS it contains
   ("elementwise" when none); source: the layer path from its metadata.
   """
-  opcodes, last_op_name, names = collections.defaultdict(set), {}, {}
+  opcodes, last_op_name, instructions = collections.defaultdict(set), {}, {}
   current = None
   for line in hlo_text.splitlines():
     m = _COMPUTATION.match(line)
@@ -48,13 +49,12 @@ def op_table(hlo_text: str):
     m = _INSTRUCTION.match(line)
     if m and current:
       opcodes[current].add(m.group(2))
-      names[m.group(1)] = line
+      instructions[m.group(1)] = (m.group(2), line)
       op_name = _OP_NAME.search(line)
       if op_name:
         last_op_name[current] = op_name.group(1)
   table = {}
-  for name, line in names.items():
-    opcode = _INSTRUCTION.match(line).group(2)
+  for name, (opcode, line) in instructions.items():
     kind, called = opcode, _CALLS.search(line)
     if opcode == "fusion":
       inner = opcodes.get(called.group(1), set()) if called else set()
@@ -73,9 +73,8 @@ def source_of(op_name: str) -> str:
   appear as `layers_N`, named here `conv_fuse[N]`).
   """
   backward = "transpose(" in op_name
-  parts = [p for p in op_name.split("/") if p and not p.startswith(("jit(", "pmap(", "jvp(",
-                                                                       "transpose(", "vmap("))]
-  parts = [p for p in parts if p not in ("SFMNet",)]
+  parts = [p for p in op_name.split("/") if p and p != "SFMNet" and not p.startswith(
+      ("jit(", "pmap(", "jvp(", "transpose(", "vmap("))]
   block = parts[0] if parts else "(outside the model)"
   m = re.fullmatch(r"layers_(\d+)", block)
   if m:
@@ -86,7 +85,11 @@ def source_of(op_name: str) -> str:
 
 
 def _events(trace_dir):
-  """(name, start_ns, end_ns) of every op event on XLA's threads in the newest trace."""
+  """(name, start_ns, end_ns) of every event off the Python thread in the newest trace.
+
+  The executor's own events (ThunkExecutor, thread-pool bookkeeping) are among
+  them; `profile` keeps only the names of HLO instructions.
+  """
   files = sorted(glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True),
                  key=os.path.getmtime)
   if not files:
@@ -97,11 +100,7 @@ def _events(trace_dir):
     for line in plane.lines:
       if line.name == "python":
         continue
-      for ev in line.events:
-        if ev.name.startswith(("ThunkExecutor", "ThreadpoolListener", "end: ", "H2D",
-                               "SlinkyThreadPool")):
-          continue
-        out.append((ev.name, ev.start_ns, ev.end_ns))
+      out.extend((ev.name, ev.start_ns, ev.end_ns) for ev in line.events)
   return out
 
 

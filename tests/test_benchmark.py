@@ -98,12 +98,12 @@ def test_profile_names_each_op_by_kind_and_block():
       return jax.numpy.abs(jax.numpy.fft.rfft2(z.reshape(2, 16, 16, 8), axes=(1, 2)))
 
   shapes = [jax.ShapeDtypeStruct(s, "float32") for s in ((2, 16, 16, 4), (3, 3, 4, 8), (8, 8))]
-  table = bp.op_table(jax.jit(fn).lower(*shapes).compile().as_text())
+  compiled = jax.jit(fn).lower(*shapes).compile()
+  table = bp.op_table(compiled.as_text())
   kinds = {(kind, block.split("/")[0]) for kind, block in table.values()}
   assert {("convolution", "myconv"), ("fft", "myfft")} <= kinds, kinds
   assert any(kind == "dot" and block.startswith("mydot") for kind, block in table.values()), kinds
 
-  compiled = jax.jit(fn).lower(*shapes).compile()
   args = [jax.numpy.ones(s.shape) for s in shapes]
   result = bp.profile(lambda: jax.block_until_ready(compiled(*args)), compiled.as_text(),
                       repeats=1)
