@@ -13,8 +13,8 @@ import jax
 import jax.numpy as jnp
 
 from sfmnet_jax import spectral
-from sfmnet_jax.layers import (abstract_variables, host_init, sequential, torch_bias_init,
-                               torch_kernel_init)
+from sfmnet_jax.layers import (Conv, abstract_variables, host_init, sequential,
+                               torch_bias_init, torch_kernel_init)
 
 Dtype = Any
 INPUT_SIZE = (128, 128)  # the flatten sizes (8*8*128, 5120) fix the input size
@@ -38,6 +38,8 @@ class MFM(nn.Module):
     if self.linear:
       layer = nn.Dense(2 * self.features, dtype=self.dtype, kernel_init=torch_kernel_init,
                        bias_init=torch_bias_init(fan_in), name="filter")
+    elif self.padding == k // 2:  # "same" padding: SFMNet's Conv (C++ kernel gradients for 3x3)
+      layer = Conv(2 * self.features, k, dtype=self.dtype, name="filter")
     else:
       p = self.padding
       layer = nn.Conv(2 * self.features, (k, k), padding=((p, p), (p, p)), dtype=self.dtype,
