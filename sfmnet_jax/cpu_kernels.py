@@ -151,14 +151,19 @@ def depthwise3x3_kernel_grad(x: jax.Array, g: jax.Array, xla_grad) -> jax.Array:
   return _call("sfmnet_depthwise3x3_kernel_grad", (3, 3, x.shape[-1]), xla_grad, x, g)
 
 
-_CALL = re.compile(r"= f32\[([\d,]+)\][^ ]* custom-call\(f32\[([\d,]+)\].*"
-                   r'custom_call_target="(sfmnet_(?:conv|depthwise)3x3_kernel_grad)"')
+_TARGET = re.compile(r'custom_call_target="sfmnet_(?:conv|depthwise)3x3_kernel_grad"')
+_SHAPE = re.compile(r"f32\[([\d,]+)\]")
 
 
 def custom_call_flops(hlo_text: str) -> float:
-  """FLOPs of these kernels' calls in an HLO module's text (XLA's cost analysis counts none)."""
+  """FLOPs of these kernels' calls in an HLO module's text (XLA's cost analysis counts none).
+
+  A call's line names the result's shape first and the input x's second (inline
+  in the operands, or in the operand layout constraints of compiled modules).
+  """
   total = 0.0
-  for out, x, _ in _CALL.findall(hlo_text):
-    total += 2.0 * float(np.prod([int(d) for d in out.split(",")])) * float(
-        np.prod([int(d) for d in x.split(",")[:3]]))
+  for line in hlo_text.splitlines():
+    if _TARGET.search(line):
+      out, x = ([float(d) for d in m.split(",")] for m in _SHAPE.findall(line)[:2])
+      total += 2.0 * np.prod(out) * np.prod(x[:3])  # each weight: one multiply-add per pixel
   return total

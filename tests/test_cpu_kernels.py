@@ -166,3 +166,18 @@ def test_unavailable_kernels_fall_back_to_xla_with_a_warning(tmp_path, monkeypat
   assert "no C++ compiler" in caplog.text and "XLA" in caplog.text
   monkeypatch.setenv("SFMNET_CPU_KERNELS", "0")
   assert not cpu_kernels.enabled()
+
+
+def test_benchmark_counts_the_kernels_flops():
+  """XLA's cost analysis counts no custom call; `custom_call_flops` adds 2 N H W per weight."""
+  x = np.zeros((2, 6, 5, 4), np.float32)
+  g = np.zeros((2, 6, 5, 8), np.float32)
+
+  def both(x, g):
+    dw = layers._depthwise_kernel_grad  # pylint: disable=protected-access
+    return cpu_kernels.conv3x3_kernel_grad(x, g), cpu_kernels.depthwise3x3_kernel_grad(x, x, dw)
+
+  want = 2 * 60 * (9 * 4 * 8) + 2 * 60 * (9 * 4)
+  lowered = jax.jit(both).lower(x, g)
+  assert cpu_kernels.custom_call_flops(lowered.as_text("hlo")) == want
+  assert cpu_kernels.custom_call_flops(lowered.compile().as_text()) == want
