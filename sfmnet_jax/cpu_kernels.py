@@ -87,7 +87,6 @@ def build(path: str, environ=os.environ) -> str:
   return path
 
 
-@functools.lru_cache(maxsize=None)
 def _load(cache_dir: str) -> str:
   path = library_path(cache_dir)
   if not os.path.exists(path):
@@ -151,7 +150,7 @@ def depthwise3x3_kernel_grad(x: jax.Array, g: jax.Array, xla_grad) -> jax.Array:
   return _call("sfmnet_depthwise3x3_kernel_grad", (3, 3, x.shape[-1]), xla_grad, x, g)
 
 
-_TARGET = re.compile(r'custom_call_target="sfmnet_(?:conv|depthwise)3x3_kernel_grad"')
+_TARGET = re.compile('custom_call_target="(?:%s)"' % "|".join(map(re.escape, TARGETS)))
 _SHAPE = re.compile(r"f32\[([\d,]+)\]")
 
 

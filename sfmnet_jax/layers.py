@@ -159,18 +159,17 @@ class Conv(nn.Module):
     elif k == 3:
       y = conv3x3(x, kernel)
     else:
-      p = k // 2
-      y = jax.lax.conv_general_dilated(
-          x, kernel, (1, 1), ((p, p), (p, p)),
-          dimension_numbers=("NHWC", "HWIO", "NHWC"))
+      y = conv_same(x, kernel)
     if self.use_bias:
       bias = self.param("bias", torch_bias_init(k * k * cin), (self.features,))
       y = y + bias.astype(self.dtype)
     return y
 
 
-def _conv3x3(x, k):
-  return jax.lax.conv_general_dilated(x, k, (1, 1), ((1, 1), (1, 1)),
+def conv_same(x, k):
+  """XLA's stride-1 convolution with zero padding k//2 (NHWC, kernel (k, k, in, out))."""
+  p = k.shape[0] // 2
+  return jax.lax.conv_general_dilated(x, k, (1, 1), ((p, p), (p, p)),
                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
@@ -181,16 +180,16 @@ def conv3x3(x: jax.Array, k: jax.Array) -> jax.Array:
   Its kernel gradient comes from `cpu_kernels.conv3x3_kernel_grad` (a C++
   kernel on CPUs, XLA's gradient elsewhere); the input gradient is XLA's.
   """
-  return _conv3x3(x, k)
+  return conv_same(x, k)
 
 
 def _conv3x3_fwd(x, k):
-  return _conv3x3(x, k), (x, k)
+  return conv_same(x, k), (x, k)
 
 
 def _conv3x3_bwd(residuals, g):
   x, k = residuals
-  _, vjp = jax.vjp(lambda x: _conv3x3(x, k), x)
+  _, vjp = jax.vjp(lambda x: conv_same(x, k), x)
   (dx,) = vjp(g)
   return dx, cpu_kernels.conv3x3_kernel_grad(x, g).astype(k.dtype)
 

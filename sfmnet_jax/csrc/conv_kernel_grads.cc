@@ -211,13 +211,19 @@ void Run(ffi::ThreadPool& pool, RowFn add_row, const float* x, const float* g, S
   }
 }
 
+// x and g are both (N, H, W, channels) with the same N, H and W.
+template <typename Dims>
+bool SameImages(const Dims& xd, const Dims& gd) {
+  return xd.size() == 4 && gd.size() == 4 && xd[0] == gd[0] && xd[1] == gd[1] &&
+         xd[2] == gd[2];
+}
+
 ffi::Error KernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
                       ffi::Buffer<ffi::F32> g, ffi::ResultBuffer<ffi::F32> out) {
   const auto xd = x.dimensions();
   const auto gd = g.dimensions();
   const auto od = out->dimensions();
-  if (xd.size() != 4 || gd.size() != 4 || od.size() != 4 || xd[0] != gd[0] ||
-      xd[1] != gd[1] || xd[2] != gd[2] || od[0] != 3 || od[1] != 3 || od[2] != xd[3] ||
+  if (!SameImages(xd, gd) || od.size() != 4 || od[0] != 3 || od[1] != 3 || od[2] != xd[3] ||
       od[3] != gd[3])
     return ffi::Error::InvalidArgument(
         "sfmnet_conv3x3_kernel_grad: x (N, H, W, Ci), g (N, H, W, Co) -> (3, 3, Ci, Co)");
@@ -231,8 +237,7 @@ ffi::Error DepthwiseKernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   const auto xd = x.dimensions();
   const auto gd = g.dimensions();
   const auto od = out->dimensions();
-  if (xd.size() != 4 || gd.size() != 4 || od.size() != 3 || xd[0] != gd[0] ||
-      xd[1] != gd[1] || xd[2] != gd[2] || xd[3] != gd[3] || od[0] != 3 || od[1] != 3 ||
+  if (!SameImages(xd, gd) || xd[3] != gd[3] || od.size() != 3 || od[0] != 3 || od[1] != 3 ||
       od[2] != xd[3])
     return ffi::Error::InvalidArgument(
         "sfmnet_depthwise3x3_kernel_grad: x, g (N, H, W, C) -> (3, 3, C)");
