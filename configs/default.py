@@ -17,7 +17,10 @@ def get_config():
   # Generator (the release: C=64, 2 ResBlocks per group, 8 heads, shared fusion attention).
   config.model = ml_collections.ConfigDict(dict(
       num_features=64, num_resblocks=2, num_heads=8, share_fusion_attention=True,
-      remat=False))  # remat: recompute blocks in the backward pass (less memory, slower)
+      remat=False,  # recompute blocks in the backward pass (less memory, slower)
+      # CPU 3x3 convs: "direct" (the release's numbers) | "winograd" (faster training,
+      # different rounding; see README "Training speed").
+      conv_algorithm="direct"))
 
   config.data = ml_collections.ConfigDict(dict(
       source="folder",  # "demo" | "folder" (release layout) | "celeba" (tfds celeb_a)

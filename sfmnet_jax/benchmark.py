@@ -1,8 +1,10 @@
 r"""Benchmarks that print numbers and write JSON (speed targets are checked here, not in tests).
 
   python -m sfmnet_jax.benchmark model [--dtype=bfloat16] [--batch_sizes=1,8,32]
+                                       [--conv_algorithm=direct|winograd]
                                        [--train_batch=8] [--notrain] [--remat] [--repeats=5]
   python -m sfmnet_jax.benchmark compare --release_dir=PATH/TO/SFMNet [--widths=16,32,64]
+                                         [--conv_algorithms=direct,winograd]
   python -m sfmnet_jax.benchmark input [--scale=8] [--batch_size=8] [--batches=300]
   python -m sfmnet_jax.benchmark photo --checkpoint=runs/demo
   python -m sfmnet_jax.benchmark profile [--num_features=32] [--target=psnr|gan|forward]
@@ -88,6 +90,7 @@ def model_config(fv, stage):
   cfg.dtype, cfg.stage = fv.dtype, stage
   cfg.model.num_features = fv.num_features
   cfg.model.remat = fv.remat
+  cfg.model.conv_algorithm = fv.conv_algorithm
   cfg.data.patch_size = None if fv.size == 128 else fv.size
   cfg.perceptual.weights = "random"
   return cfg
@@ -153,7 +156,11 @@ def bench_profile(fv):
   info = runtime.machine_info()
   title = (f"{fv.target} C={fv.num_features} batch {batch}, {fv.size}x{fv.size}, {fv.dtype}, "
            f"on {info['device']}")
-  result = bp.profile(call, compiled.as_text(), repeats=max(1, fv.repeats))
+  hlo = compiled.as_text()
+  if fv.hlo_out:
+    with open(fv.hlo_out, "w") as f:
+      f.write(hlo)
+  result = bp.profile(call, hlo, repeats=max(1, fv.repeats), top=fv.top)
   bp.print_profile(result, title)
   result.update(benchmark="profile", target=fv.target, num_features=fv.num_features,
                 batch=batch, size=fv.size, dtype=fv.dtype, compile_s=compile_s, machine=info)
@@ -163,7 +170,8 @@ def bench_profile(fv):
 
 def bench_compare(fv):
   from sfmnet_jax import benchmark_release
-  result = benchmark_release.compare(fv.release_dir, [int(w) for w in fv.widths], fv.repeats)
+  result = benchmark_release.compare(fv.release_dir, [int(w) for w in fv.widths], fv.repeats,
+                                     fv.conv_algorithms)
   write_json(result, f"compare_{result['machine']['platform']}", fv.output)
   return result
 
@@ -188,13 +196,20 @@ def define_flags(fv):
   f.DEFINE_integer("train_batch", 8, "Global batch of the train steps.", flag_values=fv)
   f.DEFINE_list("stages", ["psnr", "gan"], "Train steps to time.", flag_values=fv)
   f.DEFINE_bool("train", True, "Time the train steps.", flag_values=fv)
+  f.DEFINE_enum("conv_algorithm", "direct", ["direct", "winograd"],
+                "model.conv_algorithm (model, profile).", flag_values=fv)
   f.DEFINE_bool("remat", False, "Recompute the blocks in the backward pass (model.remat).", flag_values=fv)
   # profile
   f.DEFINE_enum("target", "psnr", ["psnr", "gan", "forward"], "What `profile` runs.",
                 flag_values=fv)
+  f.DEFINE_integer("top", 15, "How many of the slowest ops `profile` lists.", flag_values=fv)
+  f.DEFINE_string("hlo_out", None, "`profile` writes the compiled HLO text here.",
+                  flag_values=fv)
   # compare
   f.DEFINE_string("release_dir", None, "A checkout of github.com/wcy-cs/SFMNet.", flag_values=fv)
   f.DEFINE_list("widths", ["16", "32", "64"], "Generator widths to compare.", flag_values=fv)
+  f.DEFINE_list("conv_algorithms", ["direct", "winograd"],
+                "model.conv_algorithm values to time the port with (compare).", flag_values=fv)
   # input
   f.DEFINE_enum("scale", "8", ["4", "8", "16"], "Upscaling factor.", flag_values=fv)
   f.DEFINE_integer("batch_size", 8, "Batch size.", flag_values=fv)

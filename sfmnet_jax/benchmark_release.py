@@ -94,13 +94,14 @@ def time_release(two_branch, torch, width, repeats, train_batch=8, batch_sizes=(
   return out
 
 
-def time_port(width, repeats, train_batch=8, batch_sizes=(1, 8)):
+def time_port(width, repeats, train_batch=8, batch_sizes=(1, 8), conv_algorithm="direct"):
   import jax  # pylint: disable=g-import-not-at-top
   from configs import default  # pylint: disable=g-import-not-at-top
   from sfmnet_jax import benchmark_model as bm, train_state as training  # pylint: disable=g-import-not-at-top
   from sfmnet_jax.models import init_generator  # pylint: disable=g-import-not-at-top
   cfg = default.get_config()
   cfg.model.num_features = width
+  cfg.model.conv_algorithm = conv_algorithm
   model = training.build_model(cfg)
   params = jax.device_put(init_generator(model, 0, (128, 128))["params"])
   out, compile_s = {}, {}
@@ -130,8 +131,11 @@ def time_release_apart(release_dir, width, repeats):
   return result
 
 
-def compare(release_dir, widths, repeats):
-  """Times both implementations per width; returns rows with seconds and ratios."""
+def compare(release_dir, widths, repeats, conv_algorithms=("direct",)):
+  """Times both implementations per width; returns rows with seconds and ratios.
+
+  The port is timed once per entry of `conv_algorithms` (its model.conv_algorithm).
+  """
   from sfmnet_jax import runtime  # pylint: disable=g-import-not-at-top
   _, torch = load_release_generator(release_dir)  # fails early, with instructions
   info = runtime.machine_info()
@@ -141,13 +145,15 @@ def compare(release_dir, widths, repeats):
   rows = []
   for width in widths:
     release = time_release_apart(release_dir, width, repeats)
-    port, compile_s = time_port(width, repeats)
     release_device = release.pop("device")
-    for name in release:
-      row = {"release_device": release_device, "width": width, "what": name,
-             "release_s": release[name], "port_s": port[name],
-             "speedup": release[name] / port[name], "port_compile_s": compile_s[name]}
-      rows.append(row)
-      print(f"  C={width:<3d} {name:<14s} release {row['release_s']:7.3f} s   sfmnet_jax "
-            f"{row['port_s']:7.3f} s   speed-up {row['speedup']:.2f}x", flush=True)
+    for algorithm in conv_algorithms:
+      port, compile_s = time_port(width, repeats, conv_algorithm=algorithm)
+      for name in release:
+        row = {"release_device": release_device, "width": width, "what": name,
+               "conv_algorithm": algorithm, "release_s": release[name], "port_s": port[name],
+               "speedup": release[name] / port[name], "port_compile_s": compile_s[name]}
+        rows.append(row)
+        print(f"  C={width:<3d} {name:<14s} release {row['release_s']:7.3f} s   sfmnet_jax "
+              f"({algorithm}) {row['port_s']:7.3f} s   speed-up {row['speedup']:.2f}x",
+              flush=True)
   return {"benchmark": "compare", "rows": rows, "machine": info, "repeats": repeats}

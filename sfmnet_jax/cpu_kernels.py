@@ -1,23 +1,38 @@
-"""Hand-written CPU kernels for the 3x3 convolutions' kernel gradients, through XLA's FFI.
+"""Hand-written CPU kernels for SFMNet's 3x3 convolutions, through XLA's FFI.
 
-XLA:CPU computes the kernel gradient of a convolution as a convolution over
-the batch: it transposes the layer's input and the output gradient to
-batch-minor layout first, fused with the elementwise op that produced the
-input, and those transposes (reading with a stride of one image) cost more
-than the arithmetic. `csrc/conv_kernel_grads.cc` reads both where they lie
-(NHWC): a register-tiled GEMM per image row and tap for dense convs, nine
-vectorised multiply-adds per pixel for depthwise ones, on XLA's own thread
-pool; the sums do not depend on the thread count.
+`csrc/convs.cc` computes the convolutions themselves (NHWC, float32, on
+XLA's own thread pool, rows split across threads):
+- dense 3x3 convs directly, with a 6 x 16 register tile over all 9 * Ci
+  products (the default: the release's numbers), or, under
+  `conv_algorithm("winograd")` and where Ci and Co are multiples of 8, by
+  Winograd's F(2x2, 3x3) (16 products per 2x2 output tile instead of 36); the
+  input gradient is the same conv of the output gradient with the flipped,
+  transposed kernel;
+- depthwise 3x3 convs (and their input gradients, with the flipped kernel) as
+  nine vectorised multiply-adds per pixel, where XLA:CPU spends a padded copy
+  and a slow strided fusion;
+- 1x1 convs and their input gradients, on the same GEMM tiles.
+`csrc/conv_grads.cc` computes the kernel gradients. XLA:CPU computes those
+as convolutions over the batch, for which it first transposes the layer's input
+and the output gradient to batch-minor layout (reading with a stride of one
+image), which costs more than the arithmetic; these kernels read both where
+they lie: a register-tiled GEMM per image row and tap for dense convs (and
+per image row for 1x1 convs), nine
+vectorised multiply-adds per pixel for depthwise ones, Winograd's transposed
+form from 32 channels, summed in a fixed number of chunks so that the result
+does not depend on the thread count.
 
-The source is compiled on first use with the machine's C++ compiler
+The sources are compiled on first use with the machine's C++ compiler
 (`$CXX`, else `c++`/`g++`/`clang++`, `-O3 -march=native`) against the FFI
 headers that jaxlib installs, into `~/.cache/sfmnet_jax/kernels/` (keyed by
-the source, jaxlib's version and the CPU), and loaded from there afterwards.
-Where that is impossible (no compiler, another platform) the XLA path is used
-and one warning says why. `SFMNET_CPU_KERNELS=0` turns the kernel off.
-Only float32 on the CPU uses it; other dtypes and backends keep XLA's gradient.
+the sources, jaxlib's version and the CPU), and loaded from there afterwards.
+Where that is impossible (no compiler, another platform) XLA's ops are used
+and one warning says why. `SFMNET_CPU_KERNELS=0` turns the kernels off.
+Only float32 on the CPU uses them; other dtypes and backends keep XLA's ops.
 """
 
+import contextlib
+import contextvars
 import ctypes
 import functools
 import hashlib
@@ -34,9 +49,20 @@ import numpy as np
 
 from sfmnet_jax import runtime
 
-SOURCE = os.path.join(os.path.dirname(__file__), "csrc", "conv_kernel_grads.cc")
-TARGETS = {"sfmnet_conv3x3_kernel_grad": "SfmnetConv3x3KernelGrad",
+CSRC = os.path.join(os.path.dirname(__file__), "csrc")
+SOURCES = tuple(os.path.join(CSRC, f) for f in ("convs.cc", "conv_grads.cc"))
+HEADERS = (os.path.join(CSRC, "kernels.h"),)
+TARGETS = {"sfmnet_conv3x3": "SfmnetConv3x3",
+           "sfmnet_conv3x3_winograd": "SfmnetConv3x3Winograd",
+           "sfmnet_depthwise3x3": "SfmnetDepthwise3x3",
+           "sfmnet_conv1x1": "SfmnetConv1x1",
+           "sfmnet_conv1x1_kernel_grad": "SfmnetConv1x1KernelGrad",
+           "sfmnet_conv3x3_kernel_grad": "SfmnetConv3x3KernelGrad",
+           "sfmnet_conv3x3_kernel_grad_winograd": "SfmnetConv3x3KernelGradWinograd",
            "sfmnet_depthwise3x3_kernel_grad": "SfmnetDepthwise3x3KernelGrad"}
+# Calls whose result is (N, H, W, C): 9 multiply-adds per output and input channel
+# (Winograd's are counted as the direct sum's, so its GFLOP/s are "effective").
+FORWARD_TARGETS = ("sfmnet_conv3x3", "sfmnet_conv3x3_winograd")
 CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "sfmnet_jax", "kernels")
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w")
 
@@ -59,23 +85,25 @@ def compiler(environ=os.environ):
 def library_path(cache_dir=CACHE_DIR) -> str:
   """Where the built library lies for this source, jaxlib and CPU."""
   import jaxlib  # pylint: disable=g-import-not-at-top
-  with open(SOURCE, "rb") as f:
-    key = hashlib.sha256(f.read())
+  key = hashlib.sha256()
+  for name in SOURCES + HEADERS:
+    with open(name, "rb") as f:
+      key.update(f.read())
   for part in (jaxlib.__version__, runtime.cpu_name(), runtime.cpu_vector_extensions(),
                " ".join(FLAGS)):
     key.update(part.encode())
-  return os.path.join(cache_dir, f"conv_kernel_grads_{key.hexdigest()[:16]}.so")
+  return os.path.join(cache_dir, f"conv3x3_{key.hexdigest()[:16]}.so")
 
 
 def build(path: str, environ=os.environ) -> str:
-  """Compiles SOURCE into `path` (written atomically; concurrent builds are safe)."""
+  """Compiles SOURCES into `path` (written atomically; concurrent builds are safe)."""
   cxx = compiler(environ)
   if cxx is None:
     raise KernelUnavailable("no C++ compiler found (set $CXX or install g++)")
   os.makedirs(os.path.dirname(path), exist_ok=True)
   fd, tmp = tempfile.mkstemp(suffix=".so", dir=os.path.dirname(path))
   os.close(fd)
-  cmd = [cxx, *FLAGS, "-I", jax.ffi.include_dir(), SOURCE, "-o", tmp]
+  cmd = [cxx, *FLAGS, "-I", jax.ffi.include_dir(), *SOURCES, "-o", tmp]
   try:
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode != 0:
@@ -90,7 +118,7 @@ def build(path: str, environ=os.environ) -> str:
 def _load(cache_dir: str) -> str:
   path = library_path(cache_dir)
   if not os.path.exists(path):
-    logging.info("Building the CPU kernel-gradient kernels into %s", path)
+    logging.info("Building the CPU conv kernels into %s", path)
     build(path)
   try:
     lib = ctypes.cdll.LoadLibrary(path)
@@ -110,21 +138,106 @@ def available(cache_dir: str = CACHE_DIR) -> bool:
     _load(cache_dir)
     return True
   except KernelUnavailable as e:
-    logging.warning("3x3 conv kernel gradients use XLA's (slower on CPU): %s", e)
+    logging.warning("3x3 convs use XLA's ops (slower on CPU): %s", e)
     return False
 
 
-def _call(target, out_shape, xla_grad, x, g):
-  """`target` on CPUs when the kernels are available (float32 only), else `xla_grad`."""
-  if (x.dtype != jnp.float32 or g.dtype != jnp.float32 or jax.default_backend() != "cpu"
+def _call(target, out_shape, xla_op, x, y):
+  """`target` on CPUs when the kernels are available (float32 only), else `xla_op`."""
+  if (x.dtype != jnp.float32 or y.dtype != jnp.float32 or jax.default_backend() != "cpu"
       or not available()):
-    return xla_grad(x, g)
+    return xla_op(x, y)
 
-  def ffi_grad(x, g):
+  def ffi_op(x, y):
     out = jax.ShapeDtypeStruct(out_shape, jnp.float32)
-    return jax.ffi.ffi_call(target, out, vmap_method="sequential")(x, g)
+    return jax.ffi.ffi_call(target, out, vmap_method="sequential")(x, y)
 
-  return jax.lax.platform_dependent(x, g, cpu=ffi_grad, default=xla_grad)
+  return jax.lax.platform_dependent(x, y, cpu=ffi_op, default=xla_op)
+
+
+def xla_conv3x3(x, k):
+  """XLA's 3x3, stride-1, padding-1 NHWC conv (kernel (3, 3, Ci, Co))."""
+  return jax.lax.conv_general_dilated(x, k, (1, 1), ((1, 1), (1, 1)),
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+ALGORITHMS = ("auto", "winograd", "direct")
+_ALGORITHM = contextvars.ContextVar("sfmnet_conv_algorithm", default="direct")
+
+
+@contextlib.contextmanager
+def conv_algorithm(name: str):
+  """The algorithm that `layers.Conv` gives its 3x3 convs while tracing inside this block.
+
+  "direct" (the default) sums like XLA's and the release's convs, and reproduces
+  the release's golden vector (error 3e-6); "winograd" (wherever both channel
+  counts are multiples of 8, direct elsewhere) needs 2.25x fewer multiplies but
+  rounds differently, which SFMNet's phase can amplify (see README, "Training
+  speed").
+  """
+  if name not in ("direct", "winograd"):
+    raise ValueError(f"unknown conv algorithm {name!r}; 'direct' or 'winograd'")
+  token = _ALGORITHM.set(name)
+  try:
+    yield
+  finally:
+    _ALGORITHM.reset(token)
+
+
+def current_algorithm() -> str:
+  """The `algorithm` argument of `conv3x3` for a layer traced now: "direct" or "auto"."""
+  return "auto" if _ALGORITHM.get() == "winograd" else "direct"
+
+
+
+def _winograd(ci: int, co: int, algorithm: str, auto_min: int = 8) -> bool:
+  """Whether a dense 3x3 conv's kernel uses Winograd (`algorithm` one of ALGORITHMS).
+
+  "auto" picks it when both channel counts are multiples of 8 and at least `auto_min`.
+  """
+  if algorithm not in ALGORITHMS:
+    raise ValueError(f"unknown conv algorithm {algorithm!r}; one of {ALGORITHMS}")
+  fits = ci % 8 == 0 and co % 8 == 0
+  if algorithm == "winograd" and not fits:
+    raise ValueError(f"Winograd needs channel counts that are multiples of 8, got {ci} -> {co}")
+  return algorithm == "winograd" or (algorithm == "auto" and fits and min(ci, co) >= auto_min)
+
+
+def conv3x3(x: jax.Array, k: jax.Array, algorithm: str = "auto") -> jax.Array:
+  """A 3x3, stride-1, padding-1 NHWC conv: the C++ kernel on CPUs (float32), else XLA's.
+
+  `algorithm`: "winograd" (Ci and Co multiples of 8), "direct", or "auto" (the
+  first where it applies).
+  """
+  wino = _winograd(x.shape[-1], k.shape[-1], algorithm)
+  return _call("sfmnet_conv3x3_winograd" if wino else "sfmnet_conv3x3",
+               (*x.shape[:3], k.shape[-1]), xla_conv3x3, x, k)
+
+
+def xla_conv1x1(x, k):
+  """x (N, H, W, Ci) @ k (Ci, Co) over pixels, as XLA's dot."""
+  return (x.reshape(-1, x.shape[-1]) @ k).reshape(*x.shape[:-1], k.shape[-1])
+
+
+def xla_conv1x1_kernel_grad(x, g):
+  """sum over pixels of x^T g: (Ci, Co)."""
+  return x.reshape(-1, x.shape[-1]).T @ g.reshape(-1, g.shape[-1])
+
+
+def conv1x1(x: jax.Array, k: jax.Array) -> jax.Array:
+  """A 1x1 conv, x (N, H, W, Ci) times k (Ci, Co): C++ on CPUs (float32), else XLA's dot."""
+  return _call("sfmnet_conv1x1", (*x.shape[:3], k.shape[-1]), xla_conv1x1, x, k)
+
+
+def conv1x1_kernel_grad(x: jax.Array, g: jax.Array) -> jax.Array:
+  """A 1x1 conv's kernel gradient (Ci, Co) from its input and output gradient."""
+  return _call("sfmnet_conv1x1_kernel_grad", (x.shape[-1], g.shape[-1]),
+               xla_conv1x1_kernel_grad, x, g)
+
+
+def depthwise3x3(x: jax.Array, k: jax.Array, xla_op) -> jax.Array:
+  """A depthwise 3x3 NHWC correlation, padding 1, kernel (3, 3, C): C++ on CPUs, else `xla_op(x, k)`."""
+  return _call("sfmnet_depthwise3x3", x.shape, xla_op, x, k)
 
 
 def xla_conv3x3_kernel_grad(x, g):
@@ -136,10 +249,16 @@ def xla_conv3x3_kernel_grad(x, g):
   return vjp(g)[0]
 
 
-def conv3x3_kernel_grad(x: jax.Array, g: jax.Array) -> jax.Array:
-  """dK (3, 3, Ci, Co) of a 3x3, stride-1, padding-1 NHWC conv, from its input and output gradient."""
-  return _call("sfmnet_conv3x3_kernel_grad", (3, 3, x.shape[-1], g.shape[-1]),
-               xla_conv3x3_kernel_grad, x, g)
+def conv3x3_kernel_grad(x: jax.Array, g: jax.Array, algorithm: str = "auto") -> jax.Array:
+  """dK (3, 3, Ci, Co) of a 3x3, stride-1, padding-1 NHWC conv, from its input and output gradient.
+
+  `algorithm` as for `conv3x3`, but "auto" uses Winograd only from 32 channels
+  in and out: below that its transforms cost what it saves (8x128x128, 2-core
+  AVX2: 16->16 6.4 ms either way; 32->32 22 -> 17 ms; 64->64 82-94 -> 62-70 ms).
+  """
+  wino = _winograd(x.shape[-1], g.shape[-1], algorithm, auto_min=32)
+  return _call("sfmnet_conv3x3_kernel_grad_winograd" if wino else "sfmnet_conv3x3_kernel_grad",
+               (3, 3, x.shape[-1], g.shape[-1]), xla_conv3x3_kernel_grad, x, g)
 
 
 def depthwise3x3_kernel_grad(x: jax.Array, g: jax.Array, xla_grad) -> jax.Array:
@@ -150,7 +269,7 @@ def depthwise3x3_kernel_grad(x: jax.Array, g: jax.Array, xla_grad) -> jax.Array:
   return _call("sfmnet_depthwise3x3_kernel_grad", (3, 3, x.shape[-1]), xla_grad, x, g)
 
 
-_TARGET = re.compile('custom_call_target="(?:%s)"' % "|".join(map(re.escape, TARGETS)))
+_TARGET = re.compile('custom_call_target="(%s)"' % "|".join(map(re.escape, TARGETS)))
 _SHAPE = re.compile(r"f32\[([\d,]+)\]")
 
 
@@ -162,7 +281,15 @@ def custom_call_flops(hlo_text: str) -> float:
   """
   total = 0.0
   for line in hlo_text.splitlines():
-    if _TARGET.search(line):
+    target = _TARGET.search(line)
+    if target:
       out, x = ([float(d) for d in m.split(",")] for m in _SHAPE.findall(line)[:2])
-      total += 2.0 * np.prod(out) * np.prod(x[:3])  # each weight: one multiply-add per pixel
+      if target.group(1) in FORWARD_TARGETS:  # each output: 9 * Ci multiply-adds
+        total += 2.0 * np.prod(out) * 9 * x[-1]
+      elif target.group(1) == "sfmnet_depthwise3x3":  # each output: 9 multiply-adds
+        total += 2.0 * np.prod(out) * 9
+      elif target.group(1) == "sfmnet_conv1x1":  # each output: Ci multiply-adds
+        total += 2.0 * np.prod(out) * x[-1]
+      else:  # a kernel gradient: each weight, one multiply-add per pixel
+        total += 2.0 * np.prod(out) * np.prod(x[:3])
   return total

@@ -11,6 +11,7 @@ from scratch behaves like the release.
 """
 
 import dataclasses
+import functools
 from typing import Any, Optional
 
 import flax.linen as nn
@@ -154,10 +155,10 @@ class Conv(nn.Module):
     kernel = self.param("kernel", torch_kernel_init, (k, k, cin, self.features))
     x = x.astype(self.dtype)
     kernel = kernel.astype(self.dtype)
-    if k == 1:  # a matmul over pixels; 2-D so that its gradients are plain GEMMs too
-      y = (x.reshape(-1, cin) @ kernel[0, 0]).reshape(*x.shape[:-1], self.features)
+    if k == 1:  # a matmul over pixels
+      y = conv1x1(x, kernel[0, 0])
     elif k == 3:
-      y = conv3x3(x, kernel)
+      y = conv3x3(x, kernel, cpu_kernels.current_algorithm())
     else:
       y = conv_same(x, kernel)
     if self.use_bias:
@@ -173,28 +174,53 @@ def conv_same(x, k):
                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
-@jax.custom_vjp
-def conv3x3(x: jax.Array, k: jax.Array) -> jax.Array:
-  """3x3 convolution (NHWC, kernel (3, 3, in, out)), zero padding 1: XLA's conv.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def conv3x3(x: jax.Array, k: jax.Array, algorithm: str = "direct") -> jax.Array:
+  """3x3 convolution (NHWC, kernel (3, 3, in, out)), zero padding 1.
 
-  Its kernel gradient comes from `cpu_kernels.conv3x3_kernel_grad` (a C++
-  kernel on CPUs, XLA's gradient elsewhere); the input gradient is XLA's.
+  On CPUs (float32) the forward, the input gradient (the same conv of the
+  output gradient with the flipped, transposed kernel; both by `algorithm`,
+  see `cpu_kernels.conv3x3`) and the kernel gradient are `cpu_kernels`' C++
+  kernels; elsewhere XLA's.
   """
-  return conv_same(x, k)
+  return cpu_kernels.conv3x3(x, k, algorithm)
 
 
-def _conv3x3_fwd(x, k):
-  return conv_same(x, k), (x, k)
+def _conv3x3_fwd(x, k, algorithm):
+  return cpu_kernels.conv3x3(x, k, algorithm), (x, k)
 
 
-def _conv3x3_bwd(residuals, g):
+def _conv3x3_bwd(algorithm, residuals, g):
   x, k = residuals
-  _, vjp = jax.vjp(lambda x: conv_same(x, k), x)
-  (dx,) = vjp(g)
-  return dx, cpu_kernels.conv3x3_kernel_grad(x, g).astype(k.dtype)
+  k_t = jnp.flip(k, (0, 1)).transpose(0, 1, 3, 2).astype(g.dtype)
+  dx = cpu_kernels.conv3x3(g, k_t, algorithm)
+  return dx.astype(x.dtype), cpu_kernels.conv3x3_kernel_grad(x, g).astype(k.dtype)
 
 
 conv3x3.defvjp(_conv3x3_fwd, _conv3x3_bwd)
+
+
+@jax.custom_vjp
+def conv1x1(x: jax.Array, k: jax.Array) -> jax.Array:
+  """1x1 convolution, x (N, H, W, in) times k (in, out) over pixels.
+
+  On CPUs (float32) the product, the input gradient (g k^T) and the kernel
+  gradient (x^T g) are `cpu_kernels`' C++ GEMMs; elsewhere XLA's dots.
+  """
+  return cpu_kernels.conv1x1(x, k)
+
+
+def _conv1x1_fwd(x, k):
+  return cpu_kernels.conv1x1(x, k), (x, k)
+
+
+def _conv1x1_bwd(residuals, g):
+  x, k = residuals
+  dx = cpu_kernels.conv1x1(g, k.T.astype(g.dtype))
+  return dx.astype(x.dtype), cpu_kernels.conv1x1_kernel_grad(x, g).astype(k.dtype)
+
+
+conv1x1.defvjp(_conv1x1_fwd, _conv1x1_bwd)
 
 
 def _shifted_sum(x, k):
@@ -213,16 +239,17 @@ def _shifted_sum(x, k):
 def depthwise3x3(x: jax.Array, k: jax.Array) -> jax.Array:
   """Depthwise 3x3 convolution (NHWC), zero padding 1, kernel k of shape (3, 3, C).
 
-  Nine shifted multiply-adds, the same numbers as a grouped convolution but
-  10-20x faster than XLA:CPU's `feature_group_count` path. The hand-written
-  gradient keeps only x as a residual: autodiff would store the nine shifted
-  copies of x and spend most of a training step writing them.
+  On CPUs (float32) a C++ kernel (`cpu_kernels.depthwise3x3`); elsewhere nine
+  shifted multiply-adds, the same numbers as a grouped convolution but 10-20x
+  faster than XLA:CPU's `feature_group_count` path. The hand-written gradient
+  keeps only x as a residual: autodiff would store the nine shifted copies of
+  x and spend most of a training step writing them.
   """
-  return _shifted_sum(x, k)
+  return cpu_kernels.depthwise3x3(x, k, _shifted_sum)
 
 
 def _depthwise3x3_fwd(x, k):
-  return _shifted_sum(x, k), (x, k)
+  return cpu_kernels.depthwise3x3(x, k, _shifted_sum), (x, k)
 
 
 DK_CHUNK = 32
@@ -243,7 +270,8 @@ def _kernel_grad_chunk(x, g):
 
 def _depthwise3x3_bwd(residuals, g):
   x, k = residuals
-  dx = _shifted_sum(g, k[::-1, ::-1])  # the adjoint of a correlation: the flipped kernel
+  # The adjoint of a correlation: the correlation with the flipped kernel.
+  dx = cpu_kernels.depthwise3x3(g, k[::-1, ::-1].astype(g.dtype), _shifted_sum)
   return dx, cpu_kernels.depthwise3x3_kernel_grad(x, g, _depthwise_kernel_grad).astype(k.dtype)
 
 

@@ -7,6 +7,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from sfmnet_jax import cpu_kernels
 from sfmnet_jax.blocks import FreqBlock, FuseBlock, ResidualGroup
 from sfmnet_jax.layers import (ConvAct, Down, Up, abstract_variables, host_init,
                                recompute_in_backward, sequential)
@@ -48,6 +49,12 @@ class SFMNet(nn.Module):
       direction its own attention (`spa_att`), as the paper describes.
     dtype: computation dtype (float32, or bfloat16 with float32 parameters;
       FFTs always run in float32).
+    conv_algorithm: how the C++ CPU kernels compute 3x3 convs (float32 on
+      CPUs only; see `cpu_kernels.conv_algorithm`): "direct" (default; sums
+      like the release and reproduces its golden vector) or "winograd" (where
+      channel counts are multiples of 8, direct elsewhere): faster training,
+      different rounding, which the phase of the spectral blocks can amplify
+      to differences from the release of up to ~3e-2 in the outputs.
     remat: recompute each FreqBlock, ResidualGroup and FuseBlock in the backward
       pass instead of storing its activations (`layers.recompute_in_backward`,
       a rematerialisation that XLA:CPU does not undo): the same
@@ -60,10 +67,15 @@ class SFMNet(nn.Module):
   share_fusion_attention: bool = True
   dtype: Dtype = jnp.float32
   remat: bool = False
+  conv_algorithm: str = "direct"
 
-  @nn.compact
   def __call__(self, lr_up):
     check_image_batch(lr_up)
+    with cpu_kernels.conv_algorithm(self.conv_algorithm):
+      return self._generate(lr_up)
+
+  @nn.compact
+  def _generate(self, lr_up):
     c, n, dt = self.num_features, self.num_resblocks, self.dtype
     lr_up = jnp.asarray(lr_up, jnp.float32)
 

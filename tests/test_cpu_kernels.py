@@ -1,4 +1,4 @@
-"""The C++ kernel gradients (sfmnet_jax/csrc) against float64 sums, XLA's gradients and bad set-ups."""
+"""The C++ conv kernels (sfmnet_jax/csrc) against float64 sums, XLA's gradients and bad set-ups."""
 
 import os
 import subprocess
@@ -10,7 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sfmnet_jax import SFMNet, cpu_kernels, layers
+import flax.linen as nn
+
+from sfmnet_jax import cpu_kernels, layers
+from sfmnet_jax.blocks import FuseBlock, ResidualGroup
 from sfmnet_jax.layers import abstract_variables, host_init
 
 pytestmark = pytest.mark.skipif(not cpu_kernels.available(),
@@ -33,18 +36,108 @@ SHAPES = [(2, 9, 11, 5, 19), (1, 7, 6, 16, 3), (3, 5, 70, 3, 16), (2, 4, 4, 24, 
           (1, 1, 1, 2, 2), (2, 8, 8, 13, 17), (1, 3, 40, 32, 48)]
 
 
+# Winograd's shapes (channels multiples of 8): odd H and W (partial 2x2 tiles), rows
+# of more than one block of tiles (W = 40, 70), a 1x1 image, 16 -> 8 and 8 -> 24.
+WINOGRAD_SHAPES = [(2, 9, 11, 8, 16), (1, 7, 6, 16, 8), (3, 5, 70, 24, 16), (2, 4, 4, 8, 24),
+                   (1, 1, 1, 8, 8), (1, 3, 40, 32, 48)]
+
+
+def _conv(x, k, depthwise):
+  """float64 sum over i, j (and c) of pad(x)[n, h+i, w+j, c] * k[i, j, c(, d)]."""
+  h, w = x.shape[1:3]
+  xp = np.pad(np.asarray(x, np.float64), ((0, 0), (1, 1), (1, 1), (0, 0)))
+  k = np.asarray(k, np.float64)
+  spec = "nhwc,c->nhwc" if depthwise else "nhwc,cd->nhwd"
+  return sum(np.einsum(spec, xp[:, i:i + h, j:j + w], k[i, j]) for i in range(3) for j in range(3))
+
+
+def _lowers_to(fn, target, *args):
+  return f'custom_call_target="{target}"' in jax.jit(fn).lower(*args).as_text("hlo")
+
+
+@pytest.mark.parametrize("algorithm,shape", [("direct", s) for s in SHAPES] +
+                         [("winograd", s) for s in WINOGRAD_SHAPES])
+def test_dense_conv_equals_float64_sum(algorithm, shape):
+  n, h, w, ci, co = shape
+  rng = np.random.default_rng(sum(shape) + 2)
+  x = rng.standard_normal((n, h, w, ci)).astype(np.float32)
+  k = rng.standard_normal((3, 3, ci, co)).astype(np.float32)
+  fn = lambda x, k: cpu_kernels.conv3x3(x, k, algorithm)  # noqa: E731
+  target = "sfmnet_conv3x3_winograd" if algorithm == "winograd" else "sfmnet_conv3x3"
+  assert _lowers_to(fn, target, x, k)
+  want = _conv(x, k, depthwise=False)
+  got = jax.jit(fn)(x, k)
+  assert got.shape == (n, h, w, co)
+  np.testing.assert_allclose(got, want, rtol=0, atol=2e-6 * np.abs(want).max())
+
+
+def test_auto_algorithm_and_bad_requests():
+  x = np.zeros((1, 4, 4, 8), np.float32)
+  assert _lowers_to(cpu_kernels.conv3x3, "sfmnet_conv3x3_winograd", x, np.zeros((3, 3, 8, 16)))
+  assert _lowers_to(cpu_kernels.conv3x3, "sfmnet_conv3x3", x, np.zeros((3, 3, 8, 3)))
+  # Kernel gradients use Winograd from 32 channels in and out.
+  assert _lowers_to(cpu_kernels.conv3x3_kernel_grad, "sfmnet_conv3x3_kernel_grad", x,
+                    np.zeros((1, 4, 4, 16), np.float32))
+  x32 = np.zeros((1, 4, 4, 32), np.float32)
+  assert _lowers_to(cpu_kernels.conv3x3_kernel_grad, "sfmnet_conv3x3_kernel_grad_winograd",
+                    x32, x32)
+  with pytest.raises(ValueError, match="multiples of 8"):
+    cpu_kernels.conv3x3(x, np.zeros((3, 3, 8, 3), np.float32), "winograd")
+  with pytest.raises(ValueError, match="unknown conv algorithm"):
+    cpu_kernels.conv3x3(x, np.zeros((3, 3, 8, 8), np.float32), "fft")
+
+
 @pytest.mark.parametrize("shape", SHAPES)
-def test_dense_kernel_grad_equals_float64_sum(shape):
+def test_pointwise_conv_and_gradients_equal_float64(shape):
+  """The 1x1 conv layer: forward x k, input gradient g k^T, kernel gradient x^T g."""
+  n, h, w, ci, co = shape
+  rng = np.random.default_rng(sum(shape) + 4)
+  x = rng.standard_normal((n, h, w, ci)).astype(np.float32)
+  k = rng.standard_normal((ci, co)).astype(np.float32)
+  g = rng.standard_normal((n, h, w, co)).astype(np.float32)
+  y, vjp = jax.vjp(layers.conv1x1, x, k)
+  dx, dk = vjp(g)
+  x64, k64, g64 = (np.asarray(a, np.float64) for a in (x, k, g))
+  for got, want in ((y, np.einsum("nhwc,cd->nhwd", x64, k64)),
+                    (dx, np.einsum("nhwd,cd->nhwc", g64, k64)),
+                    (dk, np.einsum("nhwc,nhwd->cd", x64, g64))):
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-6 * np.abs(want).max())
+  grads = lambda x, k, g: jax.vjp(layers.conv1x1, x, k)[1](g)  # noqa: E731
+  assert _lowers_to(grads, "sfmnet_conv1x1", x, k, g)
+  assert _lowers_to(grads, "sfmnet_conv1x1_kernel_grad", x, k, g)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_depthwise_conv_equals_float64_sum(shape):
+  n, h, w, c, _ = shape
+  rng = np.random.default_rng(sum(shape) + 3)
+  x = rng.standard_normal((n, h, w, c)).astype(np.float32)
+  k = rng.standard_normal((3, 3, c)).astype(np.float32)
+  assert _lowers_to(layers.depthwise3x3, "sfmnet_depthwise3x3", x, k)
+  want = _conv(x, k, depthwise=True)
+  np.testing.assert_allclose(jax.jit(layers.depthwise3x3)(x, k), want, rtol=0,
+                             atol=2e-6 * np.abs(want).max())
+  # XLA's path (used where the kernels are not) gives the same numbers.
+  np.testing.assert_allclose(layers._shifted_sum(x, k), want, rtol=0,  # pylint: disable=protected-access
+                             atol=2e-6 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("algorithm,shape", [("direct", s) for s in SHAPES] +
+                         [("winograd", s) for s in WINOGRAD_SHAPES])
+def test_dense_kernel_grad_equals_float64_sum(algorithm, shape):
   n, h, w, ci, co = shape
   rng = np.random.default_rng(sum(shape))
   x = rng.standard_normal((n, h, w, ci)).astype(np.float32)
   g = rng.standard_normal((n, h, w, co)).astype(np.float32)
-  got = jax.jit(cpu_kernels.conv3x3_kernel_grad)(x, g)
-  assert "sfmnet_conv3x3_kernel_grad" in jax.jit(cpu_kernels.conv3x3_kernel_grad).lower(
-      x, g).as_text()
+  fn = lambda x, g: cpu_kernels.conv3x3_kernel_grad(x, g, algorithm)  # noqa: E731
+  target = "sfmnet_conv3x3_kernel_grad" + ("_winograd" if algorithm == "winograd" else "")
+  assert _lowers_to(fn, target, x, g)
+  got = jax.jit(fn)(x, g)
   want = _taps(x, g, depthwise=False)
   assert got.shape == (3, 3, ci, co)
-  np.testing.assert_allclose(got, want, rtol=0, atol=2e-6 * np.abs(want).max())
+  # Winograd sums transformed values up to 4x larger than x * g.
+  tol = 4e-6 if algorithm == "winograd" else 2e-6
+  np.testing.assert_allclose(got, want, rtol=0, atol=tol * np.abs(want).max())
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -62,12 +155,13 @@ def test_depthwise_kernel_grad_equals_float64_sum(shape):
                              rtol=0, atol=2e-5 * np.abs(want).max())
 
 
-def test_kernel_grads_are_reproducible_bit_for_bit():
+@pytest.mark.parametrize("algorithm", ["direct", "winograd"])
+def test_kernel_grads_are_reproducible_bit_for_bit(algorithm):
   """Fixed row chunks summed in order: no dependence on which thread ran which rows."""
   rng = np.random.default_rng(3)
   x = rng.standard_normal((4, 64, 64, 16)).astype(np.float32)
   g = rng.standard_normal((4, 64, 64, 16)).astype(np.float32)
-  fn = jax.jit(cpu_kernels.conv3x3_kernel_grad)
+  fn = jax.jit(lambda x, g: cpu_kernels.conv3x3_kernel_grad(x, g, algorithm))
   first = np.asarray(fn(x, g))
   for _ in range(5):
     np.testing.assert_array_equal(fn(x, g), first)
@@ -94,17 +188,36 @@ def test_conv_layer_gradients_under_pmap_equal_xla():
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * float(np.abs(b).max()))
 
 
-def sfmnet_gradients(path=None):
-  """Every parameter gradient of a small SFMNet (C=8, 16x16) and the HLO; saved to `path`."""
-  model = SFMNet(num_features=8)
+class _Blocks(nn.Module):
+  """SFMNet's spatial blocks at C=32 (every C++ kernel: 3x3 from and to RGB, 3x3, 1x1,
+  depthwise), without the FreqBlock, whose phase makes gradients unstable."""
+
+  @nn.compact
+  def __call__(self, x):
+    c = 32
+    s = layers.ConvAct(c, 3, act="prelu")(x)
+    d = layers.Down(c)(s)
+    g = ResidualGroup(c)(d)
+    u = layers.Up(c)(g)
+    f = FuseBlock(c)(u, s)
+    return layers.ConvAct(3, 3)(f)
+
+
+def block_gradients(path=None, noise=0.0, algorithm="direct"):
+  """Every parameter gradient of `_Blocks` on a 2x16x16 batch (saved to `path` with the HLO).
+
+  `noise`: the scale of a fixed perturbation added to the input.
+  """
+  model = _Blocks()
   params = jax.tree.map(jnp.asarray, host_init(abstract_variables(model, (16, 16))["params"], 0))
   rng = np.random.default_rng(5)
   x = rng.uniform(0, 1, (2, 16, 16, 3)).astype(np.float32)
   hr = rng.uniform(0, 1, (2, 16, 16, 3)).astype(np.float32)
+  x = x + np.float32(noise) * rng.standard_normal(x.shape).astype(np.float32)
 
   def loss(params, x):
-    out, fre = model.apply({"params": params}, x)
-    return jnp.mean(jnp.abs(out - hr)) + jnp.mean(jnp.abs(fre - hr))
+    with cpu_kernels.conv_algorithm(algorithm):
+      return jnp.mean((model.apply({"params": params}, x) - hr) ** 2)
 
   grad = jax.jit(jax.grad(loss))
   grads = {"/".join(p): np.asarray(v)
@@ -115,32 +228,45 @@ def sfmnet_gradients(path=None):
   return grads, hlo
 
 
-def test_sfmnet_gradients_equal_xla_gradients(tmp_path):
-  """Every parameter's gradient of a small SFMNet matches XLA's own (SFMNET_CPU_KERNELS=0).
-
-  The kernels compute leaves of the backward pass (kernel gradients feed nothing
-  else), so the forward and every input gradient are XLA's in both runs and the
-  phase's instability cannot amplify their rounding: here 1e-6 noise on the input
-  moves some gradients by 2e-3 of their scale, the two paths differ by < 5e-7.
-  """
-  got, hlo = sfmnet_gradients()
-  assert '"sfmnet_conv3x3_kernel_grad"' in hlo and '"sfmnet_depthwise3x3_kernel_grad"' in hlo
-  out = tmp_path / "xla.npz"
+def _xla_gradients(tmp_path, noise):
+  """`block_gradients` in a subprocess with SFMNET_CPU_KERNELS=0 (XLA's ops throughout)."""
+  out = tmp_path / f"xla_{noise}.npz"
   tests = os.path.dirname(os.path.abspath(__file__))
   env = dict(os.environ, SFMNET_CPU_KERNELS="0",
              PYTHONPATH=os.pathsep.join([os.path.dirname(tests), tests]))
-  code = f"import test_cpu_kernels as t; t.sfmnet_gradients({str(out)!r})"
+  code = f"import test_cpu_kernels as t; t.block_gradients({str(out)!r}, {noise})"
   done = subprocess.run([sys.executable, "-c", code], env=env, cwd=os.path.dirname(tests),
                         capture_output=True, text=True, timeout=600, check=False)
   assert done.returncode == 0, done.stderr[-3000:]
   ref = np.load(out)
-  assert "_kernel_grad\"" not in str(ref["hlo"])  # the switch turned the kernels off
-  assert any(k.endswith("kernel") and v.shape[:2] == (3, 3) for k, v in got.items())
-  assert set(got) == {k[2:] for k in ref.files if k.startswith("g:")}
-  for name, g in got.items():
-    want = ref["g:" + name]
-    scale = float(np.abs(want).max()) + 1e-12
-    np.testing.assert_allclose(g, want, rtol=0, atol=1e-5 * scale, err_msg=name)
+  assert "custom_call_target=\"sfmnet_" not in str(ref["hlo"])  # the switch turned them off
+  return {k[2:]: ref[k] for k in ref.files if k.startswith("g:")}
+
+
+def test_block_gradients_equal_xla_gradients(tmp_path):
+  """Every parameter's gradient through SFMNet's spatial blocks matches XLA's own
+  (SFMNET_CPU_KERNELS=0), with direct and with Winograd convs.
+
+  The input is first shown to be stable for XLA itself (1e-6 noise moves no
+  gradient by more than 1e-5 of its scale). The full SFMNet is not compared
+  here: its phase makes every small input unstable (1e-6 noise moves some
+  gradients by 3e-4 to 6e-2 of their scale at C=8, 16x16).
+  """
+  ref, moved = _xla_gradients(tmp_path, 0.0), _xla_gradients(tmp_path, 1e-6)
+  for algorithm, targets, tol in (
+      ("direct", ("sfmnet_conv3x3", "sfmnet_conv3x3_kernel_grad"), 1e-5),
+      ("winograd", ("sfmnet_conv3x3_winograd", "sfmnet_conv3x3_kernel_grad_winograd"), 2e-5)):
+    got, hlo = block_gradients(algorithm=algorithm)
+    for target in targets + ("sfmnet_depthwise3x3", "sfmnet_conv1x1",
+                             "sfmnet_conv1x1_kernel_grad", "sfmnet_depthwise3x3_kernel_grad"):
+      assert f'custom_call_target="{target}"' in hlo, (algorithm, target)
+    assert set(got) == set(ref) == set(moved)
+    for name, g in got.items():
+      scale = float(np.abs(ref[name]).max()) + 1e-12
+      np.testing.assert_allclose(moved[name], ref[name], rtol=0, atol=1e-5 * scale,
+                                 err_msg=f"{name}: the reference itself is unstable here")
+      np.testing.assert_allclose(g, ref[name], rtol=0, atol=tol * scale,
+                                 err_msg=f"{algorithm}: {name}")
 
 
 def test_missing_compiler_is_a_clear_error(tmp_path, monkeypatch):
@@ -175,9 +301,14 @@ def test_benchmark_counts_the_kernels_flops():
 
   def both(x, g):
     dw = layers._depthwise_kernel_grad  # pylint: disable=protected-access
-    return cpu_kernels.conv3x3_kernel_grad(x, g), cpu_kernels.depthwise3x3_kernel_grad(x, x, dw)
+    return (cpu_kernels.conv3x3_kernel_grad(x, g), cpu_kernels.depthwise3x3_kernel_grad(x, x, dw),
+            cpu_kernels.conv3x3(x, jnp.zeros((3, 3, 4, 8))), layers.depthwise3x3(x, x[0, :3, :3]),
+            cpu_kernels.conv1x1(x, jnp.zeros((4, 8))), cpu_kernels.conv1x1_kernel_grad(x, g))
 
-  want = 2 * 60 * (9 * 4 * 8) + 2 * 60 * (9 * 4)
+  # Per weight and pixel one multiply-add: the two kernel gradients, the dense conv,
+  # the depthwise conv, the 1x1 conv and its kernel gradient (2 N H W times 9 Ci Co,
+  # 9 C, 9 Ci Co, 9 C, Ci Co, Ci Co).
+  want = 2 * 60 * (9 * 4 * 8) * 2 + 2 * 60 * (9 * 4) * 2 + 2 * 60 * (4 * 8) * 2
   lowered = jax.jit(both).lower(x, g)
   assert cpu_kernels.custom_call_flops(lowered.as_text("hlo")) == want
   assert cpu_kernels.custom_call_flops(lowered.compile().as_text()) == want

@@ -19,14 +19,15 @@ def _save_npz(path, state_dict, prefix=""):
   return path
 
 
-def test_golden_pth_read_without_torch_matches_npz(golden, golden_model, monkeypatch):
+def test_golden_pth_read_without_torch_matches_npz(golden, golden_model, golden_port_outputs,
+                                                   monkeypatch):
   monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` raises ImportError
   model, variables = load_release_weights(FIXTURES / "sfmnet_w16_s32.pth")
   _, ref_variables = golden_model
   same = jax.tree_util.tree_map(np.array_equal, variables, ref_variables)
   assert all(jax.tree_util.tree_leaves(same))
-  out, _ = jax.jit(model.apply)(variables, golden["lr_up"][:1])
-  np.testing.assert_allclose(out, golden["img_out"][:1], atol=1e-4)
+  out, _ = jax.jit(model.apply)(variables, golden["lr_up"])
+  np.testing.assert_allclose(out, golden_port_outputs[0], atol=1e-6)
 
 
 def test_release_state_dict_counts_and_export_roundtrip(golden):
@@ -116,7 +117,8 @@ def test_wrapped_state_dict_with_module_prefix():
   assert sd["c.steps"].shape == () and int(sd["c.steps"]) == 7
 
 
-def test_convert_command_writes_a_loadable_orbax_checkpoint(golden, tmp_path, capsys):
+def test_convert_command_writes_a_loadable_orbax_checkpoint(golden, golden_port_outputs, tmp_path,
+                                                            capsys):
   workdir = tmp_path / "run"  # laid out like a training workdir: run/checkpoints/<step>
   out_dir = workdir / "checkpoints"
   assert convert.main([str(FIXTURES / "sfmnet_w16_s32.pth"), str(out_dir), "--scale", "8"]) == 0
@@ -128,8 +130,8 @@ def test_convert_command_writes_a_loadable_orbax_checkpoint(golden, tmp_path, ca
     assert (model.num_features, model.num_resblocks) == (16, 2)  # recorded, not configured
     apply = apply or jax.jit(model.apply)
     out, fre = apply(variables, golden["lr_up"])
-    np.testing.assert_allclose(out, golden["img_out"], atol=1e-4)
-    np.testing.assert_allclose(fre, golden["img_fre"], atol=1e-4)
+    np.testing.assert_allclose(out, golden_port_outputs[0], atol=1e-6)
+    np.testing.assert_allclose(fre, golden_port_outputs[1], atol=1e-6)
   with pytest.raises(ValueError, match=r"holds a x8 model and the data is x4: set --scale=8"):
     checkpoints.load_generator(str(workdir), scale=4, scale_flag="--scale")
   # A second conversion into the same step refuses to overwrite it.

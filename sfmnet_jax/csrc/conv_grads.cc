@@ -1,5 +1,4 @@
-// Kernel gradients of 3x3 convolutions (stride 1, zero padding 1), NHWC, float32,
-// as XLA FFI handlers for the CPU. Built and loaded by sfmnet_jax/cpu_kernels.py.
+// Kernel gradients of 3x3 convolutions (stride 1, zero padding 1), NHWC, float32:
 //
 //   dense:     dK[i, j, c, d] = sum_{n, h, w} x[n, h + i - 1, w + j - 1, c] * g[n, h, w, d]
 //   depthwise: dk[i, j, c]    = sum_{n, h, w} x[n, h + i - 1, w + j - 1, c] * g[n, h, w, c]
@@ -16,27 +15,16 @@
 // of the shape only), each summed into its own buffer, and the buffers added in
 // order; the result does not depend on the thread count or on scheduling.
 
-#include <algorithm>
-#include <atomic>
 #include <cstring>
-#include <memory>
-#include <thread>
 #include <vector>
 
-#include "xla/ffi/api/ffi.h"
+#include "kernels.h"
 
-namespace ffi = xla::ffi;
-
+namespace sfmnet {
 namespace {
-
-typedef float v8 __attribute__((vector_size(32)));
-typedef float v8u __attribute__((vector_size(32), aligned(4)));
 
 constexpr long kPixelsPerBlock = 32;  // pixels of a row per register-tile pass
 constexpr long kMaxChunks = 16;       // partial sums; fixed, so results are reproducible
-
-inline v8 load(const float* p) { return *reinterpret_cast<const v8u*>(p); }
-inline void store(float* p, v8 v) { *reinterpret_cast<v8u*>(p) = v; }
 
 // acc[r * ldc + d] += sum_k a[k * lda + r] * b[k * ldb + d] for r < MR, d < 8 * NV.
 template <int MR, int NV>
@@ -45,14 +33,7 @@ inline void Tile(const float* a, long lda, const float* b, long ldb, long k_len,
   v8 s[MR][NV];
   for (int r = 0; r < MR; ++r)
     for (int v = 0; v < NV; ++v) s[r][v] = load(acc + r * ldc + 8 * v);
-  for (long k = 0; k < k_len; ++k) {
-    v8 bv[NV];
-    for (int v = 0; v < NV; ++v) bv[v] = load(b + k * ldb + 8 * v);
-    for (int r = 0; r < MR; ++r) {
-      const float av = a[k * lda + r];
-      for (int v = 0; v < NV; ++v) s[r][v] += av * bv[v];
-    }
-  }
+  MultiplyAdd<MR, NV>(s, a, 1, lda, b, ldb, k_len);
   for (int r = 0; r < MR; ++r)
     for (int v = 0; v < NV; ++v) store(acc + r * ldc + 8 * v, s[r][v]);
 }
@@ -159,31 +140,17 @@ void AddRowDepthwise(const float* x, const float* g, const Shape& s, long row, f
   }
 }
 
+// Adds image row `row`'s pixels' x^T g to acc[ci, co] (a 1x1 conv's kernel gradient).
+void AddRowPointwise(const float* x, const float* g, const Shape& s, long row, float* acc) {
+  for (long p0 = 0; p0 < s.w; p0 += kPixelsPerBlock)
+    Gemm(x + (row * s.w + p0) * s.ci, g + (row * s.w + p0) * s.co,
+         std::min(kPixelsPerBlock, s.w - p0), s.ci, s.co, acc);
+}
+
 using RowFn = void (*)(const float*, const float*, const Shape&, long, float*);
 
-struct Job {
-  RowFn add_row;
-  const float* x;
-  const float* g;
-  Shape s;
-  long rows_per_chunk, chunks, size;
-  std::vector<float> partial;  // chunks x size
-  std::atomic<long> next{0};
-  std::atomic<int> active{0};
-
-  // Sums chunks until none is left. Helpers that start late find none and touch nothing.
-  void Work() {
-    active.fetch_add(1);
-    for (long c; (c = next.fetch_add(1)) < chunks;) {
-      float* acc = partial.data() + c * size;
-      const long end = std::min(s.n * s.h, (c + 1) * rows_per_chunk);
-      for (long row = c * rows_per_chunk; row < end; ++row) add_row(x, g, s, row, acc);
-    }
-    active.fetch_sub(1);
-  }
-};
-
-// Sums add_row over all rows into result[size], on the calling thread and XLA's pool.
+// Sums add_row over all rows into result[size]: chunk c of the rows into its
+// own buffer (one task each), then the buffers in order.
 void Run(ffi::ThreadPool& pool, RowFn add_row, const float* x, const float* g, Shape s,
          long size, float* result) {
   const long rows = s.n * s.h;
@@ -191,31 +158,111 @@ void Run(ffi::ThreadPool& pool, RowFn add_row, const float* x, const float* g, S
     std::fill(result, result + size, 0.0f);
     return;
   }
-  auto job = std::make_shared<Job>();
-  job->add_row = add_row;
-  job->x = x;
-  job->g = g;
-  job->s = s;
-  job->size = size;
-  job->rows_per_chunk = (rows + kMaxChunks - 1) / kMaxChunks;
-  job->chunks = (rows + job->rows_per_chunk - 1) / job->rows_per_chunk;
-  job->partial.assign(job->chunks * size, 0.0f);
-  const long helpers = std::min<long>(pool.num_threads(), job->chunks) - 1;
-  for (long t = 0; t < helpers; ++t) pool.Schedule([job] { job->Work(); });
-  job->Work();
-  while (job->active.load() != 0) std::this_thread::yield();
-  std::memcpy(result, job->partial.data(), sizeof(float) * size);
-  for (long c = 1; c < job->chunks; ++c) {
-    const float* p = job->partial.data() + c * size;
+  const long rows_per_chunk = (rows + kMaxChunks - 1) / kMaxChunks;
+  const long chunks = (rows + rows_per_chunk - 1) / rows_per_chunk;
+  std::vector<float> partial(chunks * size, 0.0f);
+  ParallelFor(pool, chunks, 1, [&](long begin, long end) {
+    for (long c = begin; c < end; ++c) {
+      const long last = std::min(rows, (c + 1) * rows_per_chunk);
+      for (long row = c * rows_per_chunk; row < last; ++row)
+        add_row(x, g, s, row, partial.data() + c * size);
+    }
+  });
+  std::memcpy(result, partial.data(), sizeof(float) * size);
+  for (long c = 1; c < chunks; ++c) {
+    const float* p = partial.data() + c * size;
     for (long k = 0; k < size; ++k) result[k] += p[k];
   }
 }
 
-// x and g are both (N, H, W, channels) with the same N, H and W.
-template <typename Dims>
-bool SameImages(const Dims& xd, const Dims& gd) {
-  return xd.size() == 4 && gd.size() == 4 && xd[0] == gd[0] && xd[1] == gd[1] &&
-         xd[2] == gd[2];
+// Winograd F(2x2, 3x3) kernel gradient. Per tile, the forward is
+// y = A^T [(G k G^T) . (B^T d B)] A, so dk = G^T [sum_tiles (A g A^T) . (B^T d B)] G:
+// 16 GEMMs dU[p] += V[p]^T M[p] over the tiles (V the input transform, M the
+// output gradient's), then one transform of dU, in double.
+constexpr long kGradTiles = 16;
+
+// Adds tile row `tile_row` (image tile_row / tiles_h, output rows 2 ty, 2 ty + 1)
+// to du[16][ci][co]; pad holds 4 rows of (2 tiles_w + 2) pixels of x, gpad 2
+// rows of 2 tiles_w pixels of g, v and m kGradTiles tiles of 16 positions.
+void AddTileRow(const float* x, const float* g, const Shape& s, long tile_row, float* du,
+                float* pad, float* gpad, float* v, float* m) {
+  const long tiles_h = (s.h + 1) / 2, tiles_w = (s.w + 1) / 2;
+  const long n = tile_row / tiles_h, y0 = 2 * (tile_row % tiles_h);
+  const long ci = s.ci, co = s.co, stride = (2 * tiles_w + 2) * ci;
+  PadRows(x, n, s.h, s.w, ci, y0 - 1, 4, stride, pad);
+  const long gstride = 2 * tiles_w * co;
+  std::fill(gpad, gpad + 2 * gstride, 0.0f);
+  for (int r = 0; r < 2; ++r)
+    if (y0 + r < s.h)
+      std::memcpy(gpad + r * gstride, g + ((n * s.h + y0 + r) * s.w) * co,
+                  sizeof(float) * s.w * co);
+  for (long t0 = 0; t0 < tiles_w; t0 += kGradTiles) {
+    const long nt = std::min(kGradTiles, tiles_w - t0);
+    WinogradInput(pad + 2 * t0 * ci, stride, nt, ci, v);
+    for (long t = 0; t < nt; ++t) {
+      const float* g0 = gpad + 2 * (t0 + t) * co;
+      const float* g1 = g0 + gstride;
+      for (long d = 0; d < co; d += 8) {
+        const v8 a = load(g0 + d), b = load(g0 + co + d), c = load(g1 + d), e = load(g1 + co + d);
+        const v8 r[4][2] = {{a, b}, {a + c, b + e}, {a - c, b - e}, {-c, -e}};  // A g
+        for (int i = 0; i < 4; ++i) {  // (A g) A^T
+          float* mi = m + (4 * i * nt + t) * co + d;
+          store(mi, r[i][0]);
+          store(mi + nt * co, r[i][0] + r[i][1]);
+          store(mi + 2 * nt * co, r[i][0] - r[i][1]);
+          store(mi + 3 * nt * co, -r[i][1]);
+        }
+      }
+    }
+    for (int p = 0; p < 16; ++p)
+      Gemm(v + p * nt * ci, m + p * nt * co, nt, ci, co, du + p * ci * co);
+  }
+}
+
+ffi::Error KernelGradWinograd(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
+                              ffi::Buffer<ffi::F32> g, ffi::ResultBuffer<ffi::F32> out) {
+  const auto xd = x.dimensions();
+  const auto gd = g.dimensions();
+  const auto od = out->dimensions();
+  if (!SameImages(xd, gd) || od.size() != 4 || od[0] != 3 || od[1] != 3 || od[2] != xd[3] ||
+      od[3] != gd[3] || xd[3] % 8 != 0 || gd[3] % 8 != 0)
+    return ffi::Error::InvalidArgument(
+        "sfmnet_conv3x3_kernel_grad_winograd: x (N, H, W, Ci), g (N, H, W, Co) -> "
+        "(3, 3, Ci, Co), Ci and Co multiples of 8");
+  const Shape s{xd[0], xd[1], xd[2], xd[3], gd[3]};
+  const long ci = s.ci, co = s.co, size = 16 * ci * co;
+  std::vector<double> du(size, 0.0);
+  const long tile_rows = s.n * ((s.h + 1) / 2);
+  if (tile_rows > 0 && s.w > 0) {
+    const long per_chunk = (tile_rows + kMaxChunks - 1) / kMaxChunks;
+    const long chunks = (tile_rows + per_chunk - 1) / per_chunk;
+    std::vector<float> partial(chunks * size, 0.0f);
+    const float* xp = x.typed_data();
+    const float* gp = g.typed_data();
+    ParallelFor(pool, chunks, 1, [&](long begin, long end) {
+      const long tiles_w = (s.w + 1) / 2;
+      std::vector<float> pad(4 * (2 * tiles_w + 2) * ci), gpad(2 * 2 * tiles_w * co),
+          v(16 * kGradTiles * ci), m(16 * kGradTiles * co);
+      for (long c = begin; c < end; ++c)
+        for (long t = c * per_chunk; t < std::min(tile_rows, (c + 1) * per_chunk); ++t)
+          AddTileRow(xp, gp, s, t, partial.data() + c * size, pad.data(), gpad.data(),
+                     v.data(), m.data());
+    });
+    for (long c = 0; c < chunks; ++c)
+      for (long k = 0; k < size; ++k) du[k] += partial[c * size + k];
+  }
+  // dK[i, j] = sum_{a, b} G[a, i] G[b, j] dU[4 a + b].
+  float* dk = out->typed_data();
+  for (int i = 0; i < 3; ++i)
+    for (int j = 0; j < 3; ++j)
+      for (long k = 0; k < ci * co; ++k) {
+        double sum = 0.0;
+        for (int a = 0; a < 4; ++a)
+          for (int b = 0; b < 4; ++b)
+            sum += kWinogradG[a][i] * kWinogradG[b][j] * du[(4 * a + b) * ci * co + k];
+        dk[(i * 3 + j) * ci * co + k] = static_cast<float>(sum);
+      }
+  return ffi::Error::Success();
 }
 
 ffi::Error KernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
@@ -229,6 +276,19 @@ ffi::Error KernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
         "sfmnet_conv3x3_kernel_grad: x (N, H, W, Ci), g (N, H, W, Co) -> (3, 3, Ci, Co)");
   Run(pool, AddRow, x.typed_data(), g.typed_data(), Shape{xd[0], xd[1], xd[2], xd[3], gd[3]},
       9 * xd[3] * gd[3], out->typed_data());
+  return ffi::Error::Success();
+}
+
+ffi::Error PointwiseKernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
+                               ffi::Buffer<ffi::F32> g, ffi::ResultBuffer<ffi::F32> out) {
+  const auto xd = x.dimensions();
+  const auto gd = g.dimensions();
+  const auto od = out->dimensions();
+  if (!SameImages(xd, gd) || od.size() != 2 || od[0] != xd[3] || od[1] != gd[3])
+    return ffi::Error::InvalidArgument(
+        "sfmnet_conv1x1_kernel_grad: x (N, H, W, Ci), g (N, H, W, Co) -> (Ci, Co)");
+  Run(pool, AddRowPointwise, x.typed_data(), g.typed_data(),
+      Shape{xd[0], xd[1], xd[2], xd[3], gd[3]}, xd[3] * gd[3], out->typed_data());
   return ffi::Error::Success();
 }
 
@@ -247,13 +307,11 @@ ffi::Error DepthwiseKernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
 }
 
 }  // namespace
+}  // namespace sfmnet
 
-#define SFMNET_BIND                                  \
-  ffi::Ffi::Bind()                                   \
-      .Ctx<ffi::ThreadPool>()                        \
-      .Arg<ffi::Buffer<ffi::F32>>()                  \
-      .Arg<ffi::Buffer<ffi::F32>>()                  \
-      .Ret<ffi::Buffer<ffi::F32>>()
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(SfmnetConv3x3KernelGrad, KernelGrad, SFMNET_BIND);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(SfmnetDepthwise3x3KernelGrad, DepthwiseKernelGrad, SFMNET_BIND);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SfmnetConv3x3KernelGrad, sfmnet::KernelGrad, SFMNET_BIND);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SfmnetConv3x3KernelGradWinograd, sfmnet::KernelGradWinograd,
+                              SFMNET_BIND);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SfmnetConv1x1KernelGrad, sfmnet::PointwiseKernelGrad, SFMNET_BIND);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SfmnetDepthwise3x3KernelGrad, sfmnet::DepthwiseKernelGrad,
+                              SFMNET_BIND);

@@ -1,0 +1,346 @@
+// 3x3 convolutions (stride 1, zero padding 1), NHWC, float32:
+//
+//   dense:     out[n, y, x, d] = sum_{i, j, c} x[n, y + i - 1, x + j - 1, c] * k[i, j, c, d]
+//   depthwise: out[n, y, x, c] = sum_{i, j}    x[n, y + i - 1, x + j - 1, c] * k[i, j, c]
+//
+// Dense, two algorithms (cpu_kernels.py picks):
+// - direct: the kernel packed into blocks of 16 output channels [i][j][c][16];
+//   each output row from a zero-padded copy of its three input rows, 6 pixels x
+//   16 channels at a time, accumulated in registers over all 9 * Ci products;
+// - Winograd F(2x2, 3x3): each 2x2 output tile from a 4x4 input tile,
+//   A^T [(G k G^T) . (B^T d B)] A, 16 products per tile and channel pair instead
+//   of 36. Per tile row and block of kTiles tiles: the input transform
+//   V[16][tiles][ci], 16 GEMMs M[p] = V[p] U[p] (U = G k G^T, packed
+//   [p][d / 16][c][16], computed in double), the output transform. Channel
+//   counts must be multiples of 8. Rounding differs from the direct sum by a
+//   few ulps of the largest term, as between any two conv algorithms.
+// Depthwise: nine multiply-adds per pixel, vectorised over channels.
+// Every output row is computed by one task: no reduction across threads.
+
+#include <cstring>
+#include <vector>
+
+#include "kernels.h"
+
+namespace sfmnet {
+namespace {
+
+constexpr long kBlock = 16;  // output channels per packed kernel block
+constexpr long kTiles = 12;  // Winograd tiles per block (V and M stay in L1/L2)
+
+// Stores s (MR rows of 8 * NV) at out (row stride ldo), only `lanes` columns.
+template <int MR, int NV>
+inline void StoreTile(v8 (&s)[MR][NV], float* out, long ldo, int lanes) {
+  for (int r = 0; r < MR; ++r) {
+    if (lanes == 8 * NV) {
+      for (int v = 0; v < NV; ++v) store(out + r * ldo + 8 * v, s[r][v]);
+    } else {
+      float tmp[8 * NV];
+      for (int v = 0; v < NV; ++v) store(tmp + 8 * v, s[r][v]);
+      std::memcpy(out + r * ldo, tmp, sizeof(float) * lanes);
+    }
+  }
+}
+
+// Direct: MR output pixels (a: padded rows at the first pixel, `taps` of them)
+// times one packed block kb.
+template <int MR, int NV>
+void DirectTile(const float* const* rows, const int* tap_i, int taps, const float* kb,
+                long ci, float* out, long ldo, int lanes) {
+  v8 s[MR][NV];
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NV; ++v) s[r][v] = v8{};
+  for (int t = 0; t < taps; ++t)
+    for (int j = 0; j < 3; ++j)
+      MultiplyAdd<MR, NV>(s, rows[t] + j * ci, ci, 1, kb + (tap_i[t] * 3 + j) * ci * kBlock,
+                          kBlock, ci);
+  StoreTile<MR, NV>(s, out, ldo, lanes);
+}
+
+// A GEMM tile: out[r, :] = a[r, :] @ b for r < MR (a rows of ci, b packed ci x 16).
+template <int MR, int NV>
+void GemmTile(const float* a, long ci, const float* b, float* out, long ldo, int lanes) {
+  v8 s[MR][NV];
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NV; ++v) s[r][v] = v8{};
+  MultiplyAdd<MR, NV>(s, a, ci, 1, b, kBlock, ci);
+  StoreTile<MR, NV>(s, out, ldo, lanes);
+}
+
+// tile(MR, offset) over m rows in tiles of 6 and one tail tile.
+template <typename F6, typename F5, typename F4, typename F3, typename F2, typename F1>
+inline void Rows(long m, F6 f6, F5 f5, F4 f4, F3 f3, F2 f2, F1 f1) {
+  long r = 0;
+  for (; r + 6 <= m; r += 6) f6(r);
+  switch (m - r) {
+    case 5: f5(r); break;
+    case 4: f4(r); break;
+    case 3: f3(r); break;
+    case 2: f2(r); break;
+    case 1: f1(r); break;
+    default: break;
+  }
+}
+
+#define SFMNET_TILES(CALL) \
+  [&](long r) { CALL(6); }, [&](long r) { CALL(5); }, [&](long r) { CALL(4); }, \
+  [&](long r) { CALL(3); }, [&](long r) { CALL(2); }, [&](long r) { CALL(1); }
+
+struct Dims {
+  long n, h, w, ci, co, blocks;
+};
+
+// Packs k (taps, ci, co) as kp[d / 16][t][c][d % 16], zero-padded to whole blocks.
+std::vector<float> Pack(const float* k, long taps, const Dims& s) {
+  std::vector<float> kp(s.blocks * taps * s.ci * kBlock, 0.0f);
+  for (long t = 0; t < taps; ++t)
+    for (long c = 0; c < s.ci; ++c)
+      for (long d = 0; d < s.co; ++d)
+        kp[((d / kBlock) * taps + t) * s.ci * kBlock + c * kBlock + d % kBlock] =
+            k[(t * s.ci + c) * s.co + d];
+  return kp;
+}
+
+// U[p = 4 a + b][d / 16][c][d % 16] = (G k[:, :, c, d] G^T)[a, b], in double.
+std::vector<float> PackWinograd(const float* k, const Dims& s) {
+  const auto& g = kWinogradG;
+  std::vector<float> u(16 * s.blocks * s.ci * kBlock, 0.0f);
+  for (long c = 0; c < s.ci; ++c)
+    for (long d = 0; d < s.co; ++d) {
+      double gk[4][3] = {};
+      for (int a = 0; a < 4; ++a)
+        for (int j = 0; j < 3; ++j)
+          for (int i = 0; i < 3; ++i) gk[a][j] += g[a][i] * k[((i * 3 + j) * s.ci + c) * s.co + d];
+      for (int a = 0; a < 4; ++a)
+        for (int b = 0; b < 4; ++b) {
+          double sum = 0;
+          for (int j = 0; j < 3; ++j) sum += gk[a][j] * g[b][j];
+          u[((4 * a + b) * s.blocks + d / kBlock) * s.ci * kBlock + c * kBlock + d % kBlock] =
+              static_cast<float>(sum);
+        }
+    }
+  return u;
+}
+
+// Direct: output row `row` (image row / h, row % h); pad holds 3 * (w + 2) * ci floats.
+void DirectRow(const float* x, const float* kp, const Dims& s, long row, float* out,
+               float* pad) {
+  const long n = row / s.h, y = row % s.h, stride = (s.w + 2) * s.ci;
+  PadRows(x, n, s.h, s.w, s.ci, y - 1, 3, stride, pad);
+  const float* rows[3];
+  int tap_i[3], taps = 0;
+  for (int i = 0; i < 3; ++i)
+    if (y + i - 1 >= 0 && y + i - 1 < s.h) {
+      rows[taps] = pad + i * stride;
+      tap_i[taps++] = i;
+    }
+  float* orow = out + row * s.w * s.co;
+  for (long b = 0; b < s.blocks; ++b) {
+    const float* kb = kp + b * 9 * s.ci * kBlock;
+    const int lanes = static_cast<int>(std::min(kBlock, s.co - b * kBlock));
+    float* ob = orow + b * kBlock;
+    const float* at[3];
+    auto shift = [&](long p) {
+      for (int t = 0; t < taps; ++t) at[t] = rows[t] + p * s.ci;
+    };
+#define SFMNET_DIRECT(MR)                                                          \
+  shift(r);                                                                        \
+  if (lanes > 8) DirectTile<MR, 2>(at, tap_i, taps, kb, s.ci, ob + r * s.co, s.co, lanes); \
+  else DirectTile<MR, 1>(at, tap_i, taps, kb, s.ci, ob + r * s.co, s.co, lanes)
+    Rows(s.w, SFMNET_TILES(SFMNET_DIRECT));
+#undef SFMNET_DIRECT
+  }
+}
+
+// out[r, :] = a[r, :] @ kp for r < m (a rows of ci floats, out rows of co), all blocks.
+void GemmRows(const float* a, long m, const float* kp, const Dims& s, float* out) {
+  const long ci = s.ci, co = s.co;
+  for (long b = 0; b < s.blocks; ++b) {
+    const float* kb = kp + b * ci * kBlock;
+    float* o = out + b * kBlock;
+    const int lanes = static_cast<int>(std::min(kBlock, co - b * kBlock));
+#define SFMNET_GEMM(MR)                                                      \
+  if (lanes > 8) GemmTile<MR, 2>(a + r * ci, ci, kb, o + r * co, co, lanes); \
+  else GemmTile<MR, 1>(a + r * ci, ci, kb, o + r * co, co, lanes)
+    Rows(m, SFMNET_TILES(SFMNET_GEMM));
+#undef SFMNET_GEMM
+  }
+}
+
+struct WinogradScratch {
+  std::vector<float> pad, v, m;
+};
+
+// Winograd: output rows 2 ty and 2 ty + 1 of image n, for tile row n * tiles_h + ty.
+void WinogradRow(const float* x, const float* u, const Dims& s, long tile_row, float* out,
+                 WinogradScratch& w) {
+  const long tiles_h = (s.h + 1) / 2, tiles_w = (s.w + 1) / 2;
+  const long n = tile_row / tiles_h, y0 = 2 * (tile_row % tiles_h);
+  const long ci = s.ci, co = s.co, stride = (2 * tiles_w + 2) * ci;
+  PadRows(x, n, s.h, s.w, ci, y0 - 1, 4, stride, w.pad.data());
+  for (long t0 = 0; t0 < tiles_w; t0 += kTiles) {
+    const long nt = std::min(kTiles, tiles_w - t0);
+    float* v = w.v.data();  // [16][nt][ci]
+    WinogradInput(w.pad.data() + 2 * t0 * ci, stride, nt, ci, v);
+    float* m = w.m.data();  // [16][nt][co]
+    for (int p = 0; p < 16; ++p)
+      GemmRows(v + p * nt * ci, nt, u + p * s.blocks * ci * kBlock, s, m + p * nt * co);
+    for (long t = 0; t < nt; ++t) {
+      const long x0 = 2 * (t0 + t);
+      float* o0 = out + ((n * s.h + y0) * s.w + x0) * co;
+      float* o1 = o0 + s.w * co;
+      const bool row1 = y0 + 1 < s.h, col1 = x0 + 1 < s.w;
+      for (long d = 0; d < co; d += 8) {
+        v8 mm[4][4], am[2][4];
+        for (int p = 0; p < 16; ++p) mm[p / 4][p % 4] = load(m + (p * nt + t) * co + d);
+        for (int q = 0; q < 4; ++q) {  // A^T M
+          am[0][q] = mm[0][q] + mm[1][q] + mm[2][q];
+          am[1][q] = mm[1][q] - mm[2][q] - mm[3][q];
+        }
+        store(o0 + d, am[0][0] + am[0][1] + am[0][2]);  // (A^T M) A
+        if (col1) store(o0 + co + d, am[0][1] - am[0][2] - am[0][3]);
+        if (row1) {
+          store(o1 + d, am[1][0] + am[1][1] + am[1][2]);
+          if (col1) store(o1 + co + d, am[1][1] - am[1][2] - am[1][3]);
+        }
+      }
+    }
+  }
+}
+
+// Depthwise: output row `row`, k (3, 3, c).
+void DepthwiseRow(const float* x, const float* k, const Dims& s, long row, float* out) {
+  const long y = row % s.h, c_len = s.ci, w_len = s.w;
+  const float* rows[3] = {nullptr, nullptr, nullptr};
+  for (int i = 0; i < 3; ++i)
+    if (y + i - 1 >= 0 && y + i - 1 < s.h) rows[i] = x + (row + i - 1) * w_len * c_len;
+  float* orow = out + row * w_len * c_len;
+  for (long w = 0; w < w_len; ++w) {
+    long c = 0;
+    for (; c + 8 <= c_len; c += 8) {
+      v8 acc = {};
+      for (int i = 0; i < 3; ++i) {
+        if (!rows[i]) continue;
+        const float* r = rows[i] + w * c_len + c;
+        const float* kk = k + i * 3 * c_len + c;
+        if (w > 0) acc += load(r - c_len) * load(kk);
+        acc += load(r) * load(kk + c_len);
+        if (w + 1 < w_len) acc += load(r + c_len) * load(kk + 2 * c_len);
+      }
+      store(orow + w * c_len + c, acc);
+    }
+    for (; c < c_len; ++c) {
+      float acc = 0.0f;
+      for (int i = 0; i < 3; ++i) {
+        if (!rows[i]) continue;
+        const float* r = rows[i] + w * c_len + c;
+        const float* kk = k + i * 3 * c_len + c;
+        if (w > 0) acc += r[-c_len] * kk[0];
+        acc += r[0] * kk[c_len];
+        if (w + 1 < w_len) acc += r[c_len] * kk[2 * c_len];
+      }
+      orow[w * c_len + c] = acc;
+    }
+  }
+}
+
+// Checks x (N, H, W, Ci), k (3, 3, Ci, Co) and out (N, H, W, Co); fills dims.
+bool DenseDims(ffi::Buffer<ffi::F32>& x, ffi::Buffer<ffi::F32>& k,
+               ffi::ResultBuffer<ffi::F32>& out, Dims* s) {
+  const auto xd = x.dimensions(), kd = k.dimensions(), od = out->dimensions();
+  if (xd.size() != 4 || kd.size() != 4 || kd[0] != 3 || kd[1] != 3 || kd[2] != xd[3] ||
+      !SameImages(xd, od) || od[3] != kd[3])
+    return false;
+  *s = Dims{xd[0], xd[1], xd[2], xd[3], kd[3], (kd[3] + kBlock - 1) / kBlock};
+  return true;
+}
+
+ffi::Error Direct(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> k,
+                  ffi::ResultBuffer<ffi::F32> out) {
+  Dims s;
+  if (!DenseDims(x, k, out, &s))
+    return ffi::Error::InvalidArgument(
+        "sfmnet_conv3x3: x (N, H, W, Ci), k (3, 3, Ci, Co) -> (N, H, W, Co)");
+  if (s.w == 0 || s.co == 0) return ffi::Error::Success();
+  const std::vector<float> kp = Pack(k.typed_data(), 9, s);
+  const float* xp = x.typed_data();
+  float* op = out->typed_data();
+  const long rows = s.n * s.h;
+  ParallelFor(pool, rows, TaskSize(pool, rows), [&](long begin, long end) {
+    thread_local std::vector<float> pad;
+    pad.resize(3 * (s.w + 2) * s.ci);
+    for (long row = begin; row < end; ++row) DirectRow(xp, kp.data(), s, row, op, pad.data());
+  });
+  return ffi::Error::Success();
+}
+
+ffi::Error Winograd(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> k,
+                    ffi::ResultBuffer<ffi::F32> out) {
+  Dims s;
+  if (!DenseDims(x, k, out, &s) || s.ci % 8 != 0 || s.co % 8 != 0)
+    return ffi::Error::InvalidArgument(
+        "sfmnet_conv3x3_winograd: x (N, H, W, Ci), k (3, 3, Ci, Co) -> (N, H, W, Co), "
+        "Ci and Co multiples of 8");
+  if (s.n * s.h * s.w == 0 || s.co == 0) return ffi::Error::Success();
+  const std::vector<float> u = PackWinograd(k.typed_data(), s);
+  const float* xp = x.typed_data();
+  float* op = out->typed_data();
+  const long tile_rows = s.n * ((s.h + 1) / 2);
+  ParallelFor(pool, tile_rows, TaskSize(pool, tile_rows), [&](long begin, long end) {
+    thread_local WinogradScratch w;
+    w.pad.resize(4 * (2 * ((s.w + 1) / 2) + 2) * s.ci);
+    w.v.resize(16 * kTiles * s.ci);
+    w.m.resize(16 * kTiles * s.co);
+    for (long t = begin; t < end; ++t) WinogradRow(xp, u.data(), s, t, op, w);
+  });
+  return ffi::Error::Success();
+}
+
+ffi::Error Depthwise(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> k,
+                     ffi::ResultBuffer<ffi::F32> out) {
+  const auto xd = x.dimensions(), kd = k.dimensions(), od = out->dimensions();
+  if (!SameImages(xd, od) || xd[3] != od[3] || kd.size() != 3 || kd[0] != 3 || kd[1] != 3 ||
+      kd[2] != xd[3])
+    return ffi::Error::InvalidArgument(
+        "sfmnet_depthwise3x3: x (N, H, W, C), k (3, 3, C) -> (N, H, W, C)");
+  const Dims s{xd[0], xd[1], xd[2], xd[3], xd[3], 0};
+  const float* xp = x.typed_data();
+  const float* kp = k.typed_data();
+  float* op = out->typed_data();
+  const long rows = s.n * s.h;
+  ParallelFor(pool, rows, TaskSize(pool, rows), [&](long begin, long end) {
+    for (long row = begin; row < end; ++row) DepthwiseRow(xp, kp, s, row, op);
+  });
+  return ffi::Error::Success();
+}
+
+// 1x1: x (N, H, W, Ci), k (Ci, Co) -> (N, H, W, Co), a GEMM over pixels.
+ffi::Error Pointwise(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> k,
+                     ffi::ResultBuffer<ffi::F32> out) {
+  const auto xd = x.dimensions(), kd = k.dimensions(), od = out->dimensions();
+  if (!SameImages(xd, od) || kd.size() != 2 || kd[0] != xd[3] || kd[1] != od[3])
+    return ffi::Error::InvalidArgument(
+        "sfmnet_conv1x1: x (N, H, W, Ci), k (Ci, Co) -> (N, H, W, Co)");
+  const Dims s{xd[0], xd[1], xd[2], xd[3], kd[1], (kd[1] + kBlock - 1) / kBlock};
+  if (s.co == 0) return ffi::Error::Success();
+  const std::vector<float> kp = Pack(k.typed_data(), 1, s);
+  const float* xp = x.typed_data();
+  float* op = out->typed_data();
+  constexpr long kPixels = 96;  // pixels per item
+  const long pixels = s.n * s.h * s.w, items = (pixels + kPixels - 1) / kPixels;
+  ParallelFor(pool, items, TaskSize(pool, items), [&](long begin, long end) {
+    for (long i = begin; i < end; ++i) {
+      const long p0 = i * kPixels, m = std::min(kPixels, pixels - p0);
+      GemmRows(xp + p0 * s.ci, m, kp.data(), s, op + p0 * s.co);
+    }
+  });
+  return ffi::Error::Success();
+}
+
+}  // namespace
+}  // namespace sfmnet
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SfmnetConv3x3, sfmnet::Direct, SFMNET_BIND);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SfmnetConv3x3Winograd, sfmnet::Winograd, SFMNET_BIND);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SfmnetDepthwise3x3, sfmnet::Depthwise, SFMNET_BIND);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SfmnetConv1x1, sfmnet::Pointwise, SFMNET_BIND);

@@ -1,0 +1,138 @@
+// Shared pieces of SFMNet's CPU kernels (XLA FFI handlers, float32, NHWC):
+// 8-lane vectors, the register-tiled multiply-add loop, a row-parallel loop on
+// XLA's thread pool. Built and loaded by sfmnet_jax/cpu_kernels.py.
+
+#ifndef SFMNET_JAX_CSRC_KERNELS_H_
+#define SFMNET_JAX_CSRC_KERNELS_H_
+
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <thread>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace sfmnet {
+
+namespace ffi = xla::ffi;
+
+typedef float v8 __attribute__((vector_size(32)));
+typedef float v8u __attribute__((vector_size(32), aligned(4)));
+
+inline v8 load(const float* p) { return *reinterpret_cast<const v8u*>(p); }
+inline void store(float* p, v8 v) { *reinterpret_cast<v8u*>(p) = v; }
+
+// s[r][v] += sum_{k < k_len} a[r * a_row + k * a_k] * b[k * ldb + 8 * v + lane]:
+// MR rows of a (broadcast) times 8 * NV columns of b, accumulated in registers.
+template <int MR, int NV>
+inline void MultiplyAdd(v8 (&s)[MR][NV], const float* a, long a_row, long a_k,
+                        const float* b, long ldb, long k_len) {
+  for (long k = 0; k < k_len; ++k) {
+    v8 bv[NV];
+    for (int v = 0; v < NV; ++v) bv[v] = load(b + k * ldb + 8 * v);
+    for (int r = 0; r < MR; ++r) {
+      const float av = a[r * a_row + k * a_k];
+      for (int v = 0; v < NV; ++v) s[r][v] += av * bv[v];
+    }
+  }
+}
+
+// Calls fn(begin, end) over [0, items) in tasks of `per_task` items, on the
+// calling thread and up to pool.num_threads() - 1 of XLA's pool threads. The
+// caller works too and never waits for a helper that has not started (a late
+// helper finds no task and touches nothing), so a busy pool cannot deadlock it.
+// Each item is computed by exactly one task: results never depend on scheduling.
+struct Tasks {
+  std::function<void(long, long)> fn;
+  long items, per_task;
+  std::atomic<long> next{0};
+  std::atomic<int> active{0};
+
+  void Work() {
+    active.fetch_add(1);
+    for (long t; (t = next.fetch_add(1)) * per_task < items;)
+      fn(t * per_task, std::min(items, (t + 1) * per_task));
+    active.fetch_sub(1);
+  }
+};
+
+inline void ParallelFor(ffi::ThreadPool& pool, long items, long per_task,
+                        std::function<void(long, long)> fn) {
+  if (items <= 0) return;
+  auto tasks = std::make_shared<Tasks>();
+  tasks->fn = std::move(fn);
+  tasks->items = items;
+  tasks->per_task = std::max(1L, per_task);
+  const long n_tasks = (items + tasks->per_task - 1) / tasks->per_task;
+  const long helpers = std::min<long>(pool.num_threads(), n_tasks) - 1;
+  for (long t = 0; t < helpers; ++t) pool.Schedule([tasks] { tasks->Work(); });
+  tasks->Work();
+  while (tasks->active.load() != 0) std::this_thread::yield();
+}
+
+// About eight tasks per thread: balance without much scheduling.
+inline long TaskSize(ffi::ThreadPool& pool, long items) {
+  return std::max(1L, items / (8 * std::max(1L, static_cast<long>(pool.num_threads()))));
+}
+
+// Zeroed, then rows y0 + r (r < count) of image n copied at pixel offset 1 of
+// row r of `pad` (stride `stride` floats): the zero-padded input rows.
+inline void PadRows(const float* x, long n, long h, long w, long c, long y0, int count,
+                    long stride, float* pad) {
+  std::fill(pad, pad + count * stride, 0.0f);
+  for (int r = 0; r < count; ++r) {
+    const long y = y0 + r;
+    if (y >= 0 && y < h)
+      std::memcpy(pad + r * stride + c, x + (n * h + y) * w * c, sizeof(float) * w * c);
+  }
+}
+
+// Winograd F(2x2, 3x3) input transform of nt tiles: tile t's 4x4 window starts at
+// d + 2 t * ci (rows `stride` floats apart, pixels ci apart); writes
+// v[p = 4 r + q][t][c] = (B^T d B)[r, q] for c < ci (a multiple of 8).
+inline void WinogradInput(const float* d, long stride, long nt, long ci, float* v) {
+  for (long t = 0; t < nt; ++t) {
+    const float* d0 = d + 2 * t * ci;
+    for (long c = 0; c < ci; c += 8) {
+      v8 x[4][4], bd[4][4];
+      for (int r = 0; r < 4; ++r)
+        for (int q = 0; q < 4; ++q) x[r][q] = load(d0 + r * stride + q * ci + c);
+      for (int q = 0; q < 4; ++q) {  // B^T d
+        bd[0][q] = x[0][q] - x[2][q];
+        bd[1][q] = x[1][q] + x[2][q];
+        bd[2][q] = x[2][q] - x[1][q];
+        bd[3][q] = x[1][q] - x[3][q];
+      }
+      for (int r = 0; r < 4; ++r) {  // (B^T d) B
+        float* vr = v + (4 * r * nt + t) * ci + c;
+        store(vr, bd[r][0] - bd[r][2]);
+        store(vr + nt * ci, bd[r][1] + bd[r][2]);
+        store(vr + 2 * nt * ci, bd[r][2] - bd[r][1]);
+        store(vr + 3 * nt * ci, bd[r][1] - bd[r][3]);
+      }
+    }
+  }
+}
+
+// G of F(2x2, 3x3): U = G k G^T (4 x 3).
+constexpr double kWinogradG[4][3] = {{1, 0, 0}, {0.5, 0.5, 0.5}, {0.5, -0.5, 0.5}, {0, 0, 1}};
+
+// Two (N, H, W, channels) shapes with the same N, H and W.
+template <typename Dims>
+bool SameImages(const Dims& a, const Dims& b) {
+  return a.size() == 4 && b.size() == 4 && a[0] == b[0] && a[1] == b[1] && a[2] == b[2];
+}
+
+}  // namespace sfmnet
+
+// Handlers take (x, second operand) and return one buffer, with XLA's thread pool.
+#define SFMNET_BIND                                  \
+  xla::ffi::Ffi::Bind()                              \
+      .Ctx<xla::ffi::ThreadPool>()                   \
+      .Arg<xla::ffi::Buffer<xla::ffi::F32>>()        \
+      .Arg<xla::ffi::Buffer<xla::ffi::F32>>()        \
+      .Ret<xla::ffi::Buffer<xla::ffi::F32>>()
+
+#endif  // SFMNET_JAX_CSRC_KERNELS_H_
