@@ -178,10 +178,11 @@ def conv_same(x, k):
 def conv3x3(x: jax.Array, k: jax.Array, algorithm: str = "direct") -> jax.Array:
   """3x3 convolution (NHWC, kernel (3, 3, in, out)), zero padding 1.
 
-  On CPUs (float32) the forward, the input gradient (the same conv of the
-  output gradient with the flipped, transposed kernel; both by `algorithm`,
-  see `cpu_kernels.conv3x3`) and the kernel gradient are `cpu_kernels`' C++
-  kernels; elsewhere XLA's.
+  On CPUs (float32) the forward (by `algorithm`, see `cpu_kernels.conv3x3`),
+  the input gradient (the same conv of the output gradient with the flipped,
+  transposed kernel, by Winograd wherever channel counts allow: its rounding
+  reaches no forward value, so the phase cannot amplify it) and the kernel
+  gradient are `cpu_kernels`' C++ kernels; elsewhere XLA's.
   """
   return cpu_kernels.conv3x3(x, k, algorithm)
 
@@ -191,9 +192,10 @@ def _conv3x3_fwd(x, k, algorithm):
 
 
 def _conv3x3_bwd(algorithm, residuals, g):
+  del algorithm  # the forward's; gradients' rounding feeds no forward value
   x, k = residuals
   k_t = jnp.flip(k, (0, 1)).transpose(0, 1, 3, 2).astype(g.dtype)
-  dx = cpu_kernels.conv3x3(g, k_t, algorithm)
+  dx = cpu_kernels.conv3x3(g, k_t, "auto")  # Winograd wherever channel counts allow
   return dx.astype(x.dtype), cpu_kernels.conv3x3_kernel_grad(x, g).astype(k.dtype)
 
 

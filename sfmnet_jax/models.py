@@ -49,8 +49,9 @@ class SFMNet(nn.Module):
       direction its own attention (`spa_att`), as the paper describes.
     dtype: computation dtype (float32, or bfloat16 with float32 parameters;
       FFTs always run in float32).
-    conv_algorithm: how the C++ CPU kernels compute 3x3 convs (float32 on
-      CPUs only; see `cpu_kernels.conv_algorithm`): "direct" (default; sums
+    conv_algorithm: how the C++ CPU kernels compute the forward 3x3 convs
+      (float32 on CPUs only; see `cpu_kernels.conv_algorithm`; the backward
+      uses Winograd where it can either way): "direct" (default; sums
       like the release and reproduces its golden vector) or "winograd" (where
       channel counts are multiples of 8, direct elsewhere): faster training,
       different rounding, which the phase of the spectral blocks can amplify
