@@ -155,9 +155,11 @@ def _call(target, out_shape, xla_op, x, y):
   return jax.lax.platform_dependent(x, y, cpu=ffi_op, default=xla_op)
 
 
-def xla_conv3x3(x, k):
-  """XLA's 3x3, stride-1, padding-1 NHWC conv (kernel (3, 3, Ci, Co))."""
-  return jax.lax.conv_general_dilated(x, k, (1, 1), ((1, 1), (1, 1)),
+def xla_conv_same(x, k):
+  """XLA's stride-1 NHWC conv with zero padding k//2 (kernel (k, k, Ci, Co)): what the
+  C++ 3x3 kernels replace, and `layers.Conv` for other odd sizes."""
+  p = k.shape[0] // 2
+  return jax.lax.conv_general_dilated(x, k, (1, 1), ((p, p), (p, p)),
                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
@@ -211,7 +213,7 @@ def conv3x3(x: jax.Array, k: jax.Array, algorithm: str = "auto") -> jax.Array:
   """
   wino = _winograd(x.shape[-1], k.shape[-1], algorithm)
   return _call("sfmnet_conv3x3_winograd" if wino else "sfmnet_conv3x3",
-               (*x.shape[:3], k.shape[-1]), xla_conv3x3, x, k)
+               (*x.shape[:3], k.shape[-1]), xla_conv_same, x, k)
 
 
 def xla_conv1x1(x, k):
@@ -243,9 +245,7 @@ def depthwise3x3(x: jax.Array, k: jax.Array, xla_op) -> jax.Array:
 def xla_conv3x3_kernel_grad(x, g):
   """XLA's kernel gradient of a 3x3, stride-1, padding-1 NHWC conv (what the C++ kernel replaces)."""
   kernel_shape = (3, 3, x.shape[-1], g.shape[-1])
-  conv = lambda k: jax.lax.conv_general_dilated(  # pylint: disable=g-long-lambda
-      x, k, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
-  _, vjp = jax.vjp(conv, jnp.zeros(kernel_shape, x.dtype))
+  _, vjp = jax.vjp(lambda k: xla_conv_same(x, k), jnp.zeros(kernel_shape, x.dtype))
   return vjp(g)[0]
 
 

@@ -160,18 +160,11 @@ class Conv(nn.Module):
     elif k == 3:
       y = conv3x3(x, kernel, cpu_kernels.current_algorithm())
     else:
-      y = conv_same(x, kernel)
+      y = cpu_kernels.xla_conv_same(x, kernel)
     if self.use_bias:
       bias = self.param("bias", torch_bias_init(k * k * cin), (self.features,))
       y = y + bias.astype(self.dtype)
     return y
-
-
-def conv_same(x, k):
-  """XLA's stride-1 convolution with zero padding k//2 (NHWC, kernel (k, k, in, out))."""
-  p = k.shape[0] // 2
-  return jax.lax.conv_general_dilated(x, k, (1, 1), ((p, p), (p, p)),
-                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))

@@ -16,6 +16,7 @@
 // order; the result does not depend on the thread count or on scheduling.
 
 #include <cstring>
+#include <functional>
 #include <vector>
 
 #include "kernels.h"
@@ -149,30 +150,42 @@ void AddRowPointwise(const float* x, const float* g, const Shape& s, long row, f
 
 using RowFn = void (*)(const float*, const float*, const Shape&, long, float*);
 
-// Sums add_row over all rows into result[size]: chunk c of the rows into its
-// own buffer (one task each), then the buffers in order.
-void Run(ffi::ThreadPool& pool, RowFn add_row, const float* x, const float* g, Shape s,
-         long size, float* result) {
-  const long rows = s.n * s.h;
-  if (rows == 0 || size == 0) {
-    std::fill(result, result + size, 0.0f);
-    return;
-  }
-  const long rows_per_chunk = (rows + kMaxChunks - 1) / kMaxChunks;
-  const long chunks = (rows + rows_per_chunk - 1) / rows_per_chunk;
+// Partial sums over items [0, items): chunk c (a fixed, shape-only split into at
+// most kMaxChunks runs of items) is summed by add(item, acc) into its own
+// buffer, one task per chunk. Returns chunks x size floats (none for no items).
+std::vector<float> ChunkSums(ffi::ThreadPool& pool, long items, long size,
+                             const std::function<void(long, float*)>& add) {
+  if (items <= 0 || size == 0) return {};
+  const long per_chunk = (items + kMaxChunks - 1) / kMaxChunks;
+  const long chunks = (items + per_chunk - 1) / per_chunk;
   std::vector<float> partial(chunks * size, 0.0f);
   ParallelFor(pool, chunks, 1, [&](long begin, long end) {
-    for (long c = begin; c < end; ++c) {
-      const long last = std::min(rows, (c + 1) * rows_per_chunk);
-      for (long row = c * rows_per_chunk; row < last; ++row)
-        add_row(x, g, s, row, partial.data() + c * size);
-    }
+    for (long c = begin; c < end; ++c)
+      for (long i = c * per_chunk; i < std::min(items, (c + 1) * per_chunk); ++i)
+        add(i, partial.data() + c * size);
   });
+  return partial;
+}
+
+// Sums add_row over all rows into result[size]: ChunkSums' buffers added in order.
+void Run(ffi::ThreadPool& pool, RowFn add_row, const float* x, const float* g, Shape s,
+         long size, float* result) {
+  const std::vector<float> partial = ChunkSums(
+      pool, s.n * s.h, size, [&](long row, float* acc) { add_row(x, g, s, row, acc); });
+  std::fill(result, result + size, 0.0f);
+  if (partial.empty()) return;
   std::memcpy(result, partial.data(), sizeof(float) * size);
-  for (long c = 1; c < chunks; ++c) {
+  for (long c = 1; c < static_cast<long>(partial.size()) / size; ++c) {
     const float* p = partial.data() + c * size;
     for (long k = 0; k < size; ++k) result[k] += p[k];
   }
+}
+
+// x (N, H, W, Ci) and g (N, H, W, Co) -> a 3x3 kernel gradient (3, 3, Ci, Co).
+template <typename Dims>
+bool KernelGradDims(const Dims& xd, const Dims& gd, const Dims& od) {
+  return SameImages(xd, gd) && od.size() == 4 && od[0] == 3 && od[1] == 3 && od[2] == xd[3] &&
+         od[3] == gd[3];
 }
 
 // Winograd F(2x2, 3x3) kernel gradient. Per tile, the forward is
@@ -223,34 +236,26 @@ ffi::Error KernelGradWinograd(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
                               ffi::Buffer<ffi::F32> g, ffi::ResultBuffer<ffi::F32> out) {
   const auto xd = x.dimensions();
   const auto gd = g.dimensions();
-  const auto od = out->dimensions();
-  if (!SameImages(xd, gd) || od.size() != 4 || od[0] != 3 || od[1] != 3 || od[2] != xd[3] ||
-      od[3] != gd[3] || xd[3] % 8 != 0 || gd[3] % 8 != 0)
+  if (!KernelGradDims(xd, gd, out->dimensions()) || xd[3] % 8 != 0 || gd[3] % 8 != 0)
     return ffi::Error::InvalidArgument(
         "sfmnet_conv3x3_kernel_grad_winograd: x (N, H, W, Ci), g (N, H, W, Co) -> "
         "(3, 3, Ci, Co), Ci and Co multiples of 8");
   const Shape s{xd[0], xd[1], xd[2], xd[3], gd[3]};
   const long ci = s.ci, co = s.co, size = 16 * ci * co;
-  std::vector<double> du(size, 0.0);
-  const long tile_rows = s.n * ((s.h + 1) / 2);
-  if (tile_rows > 0 && s.w > 0) {
-    const long per_chunk = (tile_rows + kMaxChunks - 1) / kMaxChunks;
-    const long chunks = (tile_rows + per_chunk - 1) / per_chunk;
-    std::vector<float> partial(chunks * size, 0.0f);
-    const float* xp = x.typed_data();
-    const float* gp = g.typed_data();
-    ParallelFor(pool, chunks, 1, [&](long begin, long end) {
-      const long tiles_w = (s.w + 1) / 2;
-      std::vector<float> pad(4 * (2 * tiles_w + 2) * ci), gpad(2 * 2 * tiles_w * co),
-          v(16 * kGradTiles * ci), m(16 * kGradTiles * co);
-      for (long c = begin; c < end; ++c)
-        for (long t = c * per_chunk; t < std::min(tile_rows, (c + 1) * per_chunk); ++t)
-          AddTileRow(xp, gp, s, t, partial.data() + c * size, pad.data(), gpad.data(),
-                     v.data(), m.data());
-    });
-    for (long c = 0; c < chunks; ++c)
-      for (long k = 0; k < size; ++k) du[k] += partial[c * size + k];
-  }
+  const float* xp = x.typed_data();
+  const float* gp = g.typed_data();
+  const std::vector<float> partial = ChunkSums(
+      pool, s.w > 0 ? s.n * ((s.h + 1) / 2) : 0, size, [&](long tile_row, float* du) {
+        thread_local std::vector<float> pad, gpad, v, m;
+        const long tiles_w = (s.w + 1) / 2;
+        pad.resize(4 * (2 * tiles_w + 2) * ci);
+        gpad.resize(2 * 2 * tiles_w * co);
+        v.resize(16 * kGradTiles * ci);
+        m.resize(16 * kGradTiles * co);
+        AddTileRow(xp, gp, s, tile_row, du, pad.data(), gpad.data(), v.data(), m.data());
+      });
+  std::vector<double> du(size, 0.0);  // the chunks' sums, in order, in double
+  for (size_t k = 0; k < partial.size(); ++k) du[k % size] += partial[k];
   // dK[i, j] = sum_{a, b} G[a, i] G[b, j] dU[4 a + b].
   float* dk = out->typed_data();
   for (int i = 0; i < 3; ++i)
@@ -269,9 +274,7 @@ ffi::Error KernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
                       ffi::Buffer<ffi::F32> g, ffi::ResultBuffer<ffi::F32> out) {
   const auto xd = x.dimensions();
   const auto gd = g.dimensions();
-  const auto od = out->dimensions();
-  if (!SameImages(xd, gd) || od.size() != 4 || od[0] != 3 || od[1] != 3 || od[2] != xd[3] ||
-      od[3] != gd[3])
+  if (!KernelGradDims(xd, gd, out->dimensions()))
     return ffi::Error::InvalidArgument(
         "sfmnet_conv3x3_kernel_grad: x (N, H, W, Ci), g (N, H, W, Co) -> (3, 3, Ci, Co)");
   Run(pool, AddRow, x.typed_data(), g.typed_data(), Shape{xd[0], xd[1], xd[2], xd[3], gd[3]},
