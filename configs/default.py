@@ -18,9 +18,10 @@ def get_config():
   config.model = ml_collections.ConfigDict(dict(
       num_features=64, num_resblocks=2, num_heads=8, share_fusion_attention=True,
       remat=False,  # recompute blocks in the backward pass (less memory, slower)
-      # CPU 3x3 convs: "direct" (the release's numbers) | "winograd" (faster training,
-      # different rounding; see README "Training speed").
-      conv_algorithm="direct"))
+      # CPU 3x3 convs: "auto" (Winograd in the spatial branch, direct in the frequency
+      # branch: the release's numbers) | "direct" | "winograd" (everywhere: fastest, its
+      # rounding can flip phases; see README "Training speed").
+      conv_algorithm="auto"))
 
   config.data = ml_collections.ConfigDict(dict(
       source="folder",  # "demo" | "folder" (release layout) | "celeba" (tfds celeb_a)

@@ -1,10 +1,10 @@
 r"""Benchmarks that print numbers and write JSON (speed targets are checked here, not in tests).
 
   python -m sfmnet_jax.benchmark model [--dtype=bfloat16] [--batch_sizes=1,8,32]
-                                       [--conv_algorithm=direct|winograd]
+                                       [--conv_algorithm=auto|direct|winograd]
                                        [--train_batch=8] [--notrain] [--remat] [--repeats=5]
   python -m sfmnet_jax.benchmark compare --release_dir=PATH/TO/SFMNet [--widths=16,32,64]
-                                         [--conv_algorithms=direct,winograd]
+                                         [--conv_algorithms=auto,winograd]
   python -m sfmnet_jax.benchmark input [--scale=8] [--batch_size=8] [--batches=300]
   python -m sfmnet_jax.benchmark photo --checkpoint=runs/demo
   python -m sfmnet_jax.benchmark profile [--num_features=32] [--target=psnr|gan|forward]
@@ -196,7 +196,7 @@ def define_flags(fv):
   f.DEFINE_integer("train_batch", 8, "Global batch of the train steps.", flag_values=fv)
   f.DEFINE_list("stages", ["psnr", "gan"], "Train steps to time.", flag_values=fv)
   f.DEFINE_bool("train", True, "Time the train steps.", flag_values=fv)
-  f.DEFINE_enum("conv_algorithm", "direct", ["direct", "winograd"],
+  f.DEFINE_enum("conv_algorithm", "auto", ["auto", "direct", "winograd"],
                 "model.conv_algorithm (model, profile).", flag_values=fv)
   f.DEFINE_bool("remat", False, "Recompute the blocks in the backward pass (model.remat).", flag_values=fv)
   # profile
@@ -208,7 +208,7 @@ def define_flags(fv):
   # compare
   f.DEFINE_string("release_dir", None, "A checkout of github.com/wcy-cs/SFMNet.", flag_values=fv)
   f.DEFINE_list("widths", ["16", "32", "64"], "Generator widths to compare.", flag_values=fv)
-  f.DEFINE_list("conv_algorithms", ["direct", "winograd"],
+  f.DEFINE_list("conv_algorithms", ["auto", "winograd"],
                 "model.conv_algorithm values to time the port with (compare).", flag_values=fv)
   # input
   f.DEFINE_enum("scale", "8", ["4", "8", "16"], "Upscaling factor.", flag_values=fv)

@@ -6,7 +6,9 @@ matched to its instruction in the optimised HLO, which gives its kind (the
 convolution, dot, FFT, transpose... it computes, fused or not) and the layer
 that produced it (the `op_name` metadata, e.g. `up3_mo/layers_0/...`, with a
 `backward` mark for ops of the gradient). Times are op durations summed over
-the threads that run them.
+the threads that run them, and per kind also the wall time during which one
+ran. A C++ kernel (`sfmnet_*`, named by its custom-call target) is one op on
+the thread that called it, however many threads of XLA's pool it uses.
 
 On XLA:CPU with YNNPACK fusions (runtime.py's flag) the YNNPACK calls do not
 appear as op events: their time shows only as `untraced_ms` ("no traced op
@@ -27,17 +29,19 @@ import jax
 # A fusion's kind is the first of these found among its instructions.
 KINDS = ("convolution", "dot", "fft", "transpose", "reduce-window", "reduce", "scatter",
          "gather", "concatenate", "pad", "slice")
+CPP = "(any C++ kernel)"
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = \S+ ([\w\-]+)\(")
 _COMPUTATION = re.compile(r"^(?:ENTRY )?%?([\w.\-]+) .*\{\s*$")
 _CALLS = re.compile(r"calls=%?([\w.\-]+)")
 _OP_NAME = re.compile(r'op_name="([^"]*)"')
+_TARGET = re.compile(r'custom_call_target="([^"]*)"')
 
 
 def op_table(hlo_text: str):
   """{instruction name: (kind, source)} for the instructions of an optimised HLO module.
 
-  kind: the instruction's opcode, or for a fusion the first of KINDS it contains
-  ("elementwise" when none); source: the layer path from its metadata.
+  kind: the instruction's opcode, for a custom call its target (which C++ kernel),
+  for a fusion the first of KINDS it contains ("elementwise" when none); source: the layer path from its metadata.
   """
   opcodes, last_op_name, instructions = collections.defaultdict(set), {}, {}
   current = None
@@ -59,6 +63,8 @@ def op_table(hlo_text: str):
     if opcode == "fusion":
       inner = opcodes.get(called.group(1), set()) if called else set()
       kind = next((k for k in KINDS if k in inner), "elementwise")
+    elif opcode == "custom-call" and _TARGET.search(line):
+      kind = _TARGET.search(line).group(1)
     op_name = _OP_NAME.search(line)
     # A fusion without metadata of its own: that of its last instruction with some.
     op_name = op_name.group(1) if op_name else last_op_name.get(called.group(1) if called else "")
@@ -74,7 +80,7 @@ def source_of(op_name: str) -> str:
   """
   backward = "transpose(" in op_name
   parts = [p for p in op_name.split("/") if p and p != "SFMNet" and not p.startswith(
-      ("jit(", "pmap(", "jvp(", "transpose(", "vmap("))]
+      ("jit(", "pmap(", "jvp(", "transpose(", "vmap(", "SFMNet."))]
   block = parts[0] if parts else "(outside the model)"
   m = re.fullmatch(r"layers_(\d+)", block)
   if m:
@@ -145,11 +151,18 @@ def profile(call, hlo_text: str, repeats: int = 3, top: int = 15):
     by_block[block] += ms
     by_op[name] += ms
   untraced_ms = max(0.0, traced_wall * 1e3 - _covered_ns(events) / 1e6)
+  # Wall time during which some op of a kind ran (ops of one kind may overlap on
+  # several threads; op time counts them twice, this once).
+  wall_by_kind = {kind: _covered_ns([e for e in events if table[e[0]][0] == kind]) / 1e6
+                  for kind in by_kind}
+  cpp = [e for e in events if table[e[0]][0].startswith("sfmnet_")]
+  if cpp:
+    wall_by_kind[CPP] = _covered_ns(cpp) / 1e6
   return {
       "wall_ms": statistics.median(walls) * 1e3, "walls_ms": [w * 1e3 for w in walls],
       "traced_wall_ms": traced_wall * 1e3, "op_ms": sum(by_kind.values()),
       "untraced_ms": untraced_ms,
-      "by_kind": dict(by_kind.most_common()),
+      "by_kind": dict(by_kind.most_common()), "wall_by_kind": wall_by_kind,
       "by_block": dict(by_block.most_common()),
       "top_ops": [{"name": n, "kind": table[n][0], "block": table[n][1], "ms": ms}
                   for n, ms in by_op.most_common(top)],
@@ -160,9 +173,12 @@ def print_profile(result, title: str, top_blocks: int = 15) -> None:
   print(f"{title}: {result['wall_ms']:.0f} ms per call (traced call {result['traced_wall_ms']:.0f} "
         f"ms; op time summed over threads {result['op_ms']:.0f} ms; no traced op running "
         f"{result['untraced_ms']:.0f} ms)")
-  print("  op time by kind:")
+  print("  op time by kind (and the wall time during which one ran):")
+  walls = result.get("wall_by_kind", {})
+  if CPP in walls:
+    print(f"    {CPP:<36} {'':>9}    {walls[CPP]:9.1f} ms")
   for kind, ms in result["by_kind"].items():
-    print(f"    {kind:<14} {ms:9.1f} ms")
+    print(f"    {kind:<36} {ms:9.1f} ms {walls.get(kind, float('nan')):9.1f} ms")
   print(f"  op time by block (top {top_blocks}):")
   for block, ms in list(result["by_block"].items())[:top_blocks]:
     print(f"    {block:<34} {ms:9.1f} ms")

@@ -94,7 +94,7 @@ def time_release(two_branch, torch, width, repeats, train_batch=8, batch_sizes=(
   return out
 
 
-def time_port(width, repeats, train_batch=8, batch_sizes=(1, 8), conv_algorithm="direct"):
+def time_port(width, repeats, train_batch=8, batch_sizes=(1, 8), conv_algorithm="auto"):
   import jax  # pylint: disable=g-import-not-at-top
   from configs import default  # pylint: disable=g-import-not-at-top
   from sfmnet_jax import benchmark_model as bm, train_state as training  # pylint: disable=g-import-not-at-top
@@ -131,7 +131,7 @@ def time_release_apart(release_dir, width, repeats):
   return result
 
 
-def compare(release_dir, widths, repeats, conv_algorithms=("direct",)):
+def compare(release_dir, widths, repeats, conv_algorithms=("auto",)):
   """Times both implementations per width; returns rows with seconds and ratios.
 
   The port is timed once per entry of `conv_algorithms` (its model.conv_algorithm).

@@ -163,8 +163,26 @@ class Conv(nn.Module):
       y = cpu_kernels.xla_conv_same(x, kernel)
     if self.use_bias:
       bias = self.param("bias", torch_bias_init(k * k * cin), (self.features,))
-      y = y + bias.astype(self.dtype)
+      y = add_bias(y, bias.astype(self.dtype))
     return y
+
+
+@jax.custom_vjp
+def add_bias(y: jax.Array, b: jax.Array) -> jax.Array:
+  """y + b (b broadcast over the last axis), whose bias gradient, the per-channel sum
+  of the output gradient, is `cpu_kernels.channel_sum` (C++ on CPUs)."""
+  return y + b
+
+
+def _add_bias_fwd(y, b):
+  return y + b, None
+
+
+def _add_bias_bwd(_, g):
+  return g, cpu_kernels.channel_sum(g)
+
+
+add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -366,6 +384,7 @@ def recompute_in_backward(cls):
 
     def __call__(self, *xs):
       definition = plain(self)
+      algorithm = cpu_kernels.conv_algorithm_name()  # the recomputation's convs sum alike
 
       def fn(mdl, *xs):
         return cls.__call__(mdl, *xs)
@@ -377,8 +396,9 @@ def recompute_in_backward(cls):
         variables, xs = residuals
         anchor = 0.0 * jax.tree_util.tree_leaves(g)[0].ravel()[0]
         xs = tuple(x + anchor.astype(x.dtype) for x in xs)
-        _, vjp = jax.vjp(lambda params, *xs: definition.apply(
-            {**variables, "params": params}, *xs), variables["params"], *xs)
+        with cpu_kernels.conv_algorithm(algorithm):
+          _, vjp = jax.vjp(lambda params, *xs: definition.apply(
+              {**variables, "params": params}, *xs), variables["params"], *xs)
         params_t, *xs_t = vjp(g)
         return ({"params": params_t}, *xs_t)
 

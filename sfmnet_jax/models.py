@@ -51,11 +51,17 @@ class SFMNet(nn.Module):
       FFTs always run in float32).
     conv_algorithm: how the C++ CPU kernels compute the forward 3x3 convs
       (float32 on CPUs only; see `cpu_kernels.conv_algorithm`; the backward
-      uses Winograd where it can either way): "direct" (default; sums
-      like the release and reproduces its golden vector) or "winograd" (where
-      channel counts are multiples of 8, direct elsewhere): faster training,
-      different rounding, which the phase of the spectral blocks can amplify
-      to differences from the release of up to ~3e-2 in the outputs.
+      uses Winograd where it can either way):
+      - "auto" (default): Winograd in the spatial branch (the ResidualGroups,
+        FuseBlocks, Down/Up and head/tail convs of `img_out`), direct in the
+        frequency branch. Nothing of the spatial branch flows into a
+        FreqBlock, so Winograd's rounding reaches no phase and stays at
+        rounding level in `img_out`, while `img_fre` and the phases are
+        summed as in the release: the golden vector is reproduced.
+      - "direct": direct everywhere (the release's sums).
+      - "winograd": Winograd everywhere (where channel counts are multiples
+        of 8): fastest, but its rounding in the frequency branch can flip a
+        phase by 2 pi, which moves outputs by up to ~3e-2 from the release's.
     remat: recompute each FreqBlock, ResidualGroup and FuseBlock in the backward
       pass instead of storing its activations (`layers.recompute_in_backward`,
       a rematerialisation that XLA:CPU does not undo): the same
@@ -68,12 +74,20 @@ class SFMNet(nn.Module):
   share_fusion_attention: bool = True
   dtype: Dtype = jnp.float32
   remat: bool = False
-  conv_algorithm: str = "direct"
+  conv_algorithm: str = "auto"
 
   def __call__(self, lr_up):
     check_image_batch(lr_up)
-    with cpu_kernels.conv_algorithm(self.conv_algorithm):
-      return self._generate(lr_up)
+    if self.conv_algorithm not in ("auto", "direct", "winograd"):
+      raise ValueError(f"unknown conv_algorithm {self.conv_algorithm!r}; "
+                       "'auto', 'direct' or 'winograd'")
+    return self._generate(lr_up)
+
+  def _branch(self, name: str):
+    """The conv algorithm context of the frequency (`name="fre"`) or spatial branch."""
+    if self.conv_algorithm == "auto":
+      return cpu_kernels.conv_algorithm("direct" if name == "fre" else "winograd")
+    return cpu_kernels.conv_algorithm(self.conv_algorithm)
 
   @nn.compact
   def _generate(self, lr_up):
@@ -99,47 +113,49 @@ class SFMNet(nn.Module):
     ]).layers
 
     # Frequency branch.
-    x_f = seq("head_fre", head_act())(lr_up)
-    d1 = seq("down1_fre", Down(c, dtype=dt), freq())(x_f)
-    d1m = seq("down1_fre_mo", freq())(d1)
-    d2 = seq("down2_fre", Down(c, dtype=dt), freq())(d1m)
-    d2m = seq("down2_fre_mo", freq())(d2)
-    d3 = seq("down3_fre", Down(c, dtype=dt), freq())(d2m)
-    d3m = seq("down3_fre_mo", freq())(d3)
-    nk = seq("neck_fre", freq())(d3m)
-    nm = seq("neck_fre_mo", freq())(nk) + d3m
-    u1 = seq("up1_fre", Up(c, dtype=dt), freq())(nm)
-    u1m = seq("up1_fre_mo", freq())(u1) + d2m
-    u2 = seq("up2_fre", Up(c, dtype=dt), freq())(u1m)
-    u2m = seq("up2_fre_mo", freq())(u2) + d1m
-    u3 = seq("up3_fre", Up(c, dtype=dt), freq())(u2m)
-    u3m = seq("up3_fre_mo", freq())(u3) + x_f
-    img_fre = seq("tail_fre", tail_act())(u3m).astype(jnp.float32) + lr_up
+    with self._branch("fre"):
+      x_f = seq("head_fre", head_act())(lr_up)
+      d1 = seq("down1_fre", Down(c, dtype=dt), freq())(x_f)
+      d1m = seq("down1_fre_mo", freq())(d1)
+      d2 = seq("down2_fre", Down(c, dtype=dt), freq())(d1m)
+      d2m = seq("down2_fre_mo", freq())(d2)
+      d3 = seq("down3_fre", Down(c, dtype=dt), freq())(d2m)
+      d3m = seq("down3_fre_mo", freq())(d3)
+      nk = seq("neck_fre", freq())(d3m)
+      nm = seq("neck_fre_mo", freq())(nk) + d3m
+      u1 = seq("up1_fre", Up(c, dtype=dt), freq())(nm)
+      u1m = seq("up1_fre_mo", freq())(u1) + d2m
+      u2 = seq("up2_fre", Up(c, dtype=dt), freq())(u1m)
+      u2m = seq("up2_fre_mo", freq())(u2) + d1m
+      u3 = seq("up3_fre", Up(c, dtype=dt), freq())(u2m)
+      u3m = seq("up3_fre_mo", freq())(u3) + x_f
+      img_fre = seq("tail_fre", tail_act())(u3m).astype(jnp.float32) + lr_up
 
     # Spatial branch, fused with the frequency features after every stage.
-    x = seq("head", head_act())(lr_up)
-    a = fuse[0](d1, seq("down1", Down(c, dtype=dt), group())(x))
-    m1 = seq("down1_mo", group())(a)
-    b = fuse[1](d1m, m1)
-    a = fuse[2](d2, seq("down2", Down(c, dtype=dt), group())(b))
-    m2 = seq("down2_mo", group())(a)
-    b = fuse[3](d2m, m2)
-    a = fuse[4](d3, seq("down3", Down(c, dtype=dt), group())(b))
-    m3 = seq("down3_mo", group())(a)
-    b = fuse[5](d3m, m3)
-    a = fuse[6](nk, seq("neck", group())(b))
-    mn = seq("neck_mo", group())(a) + m3
-    b = fuse[7](nm, mn)
-    a = fuse[8](u1, seq("up1", Up(c, dtype=dt), group())(b))
-    q1 = seq("up1_mo", group())(a) + m2
-    b = fuse[9](u1m, q1)
-    a = fuse[10](u2, seq("up2", Up(c, dtype=dt), group())(b))
-    q2 = seq("up2_mo", group())(a) + m1
-    b = fuse[11](u2m, q2)
-    a = fuse[12](u3, seq("up3", Up(c, dtype=dt), group())(b))
-    q3 = seq("up3_mo", group())(a) + x
-    b = fuse[13](u3m, q3)
-    img_out = seq("tail", tail_act())(b).astype(jnp.float32) + lr_up
+    with self._branch("spa"):
+      x = seq("head", head_act())(lr_up)
+      a = fuse[0](d1, seq("down1", Down(c, dtype=dt), group())(x))
+      m1 = seq("down1_mo", group())(a)
+      b = fuse[1](d1m, m1)
+      a = fuse[2](d2, seq("down2", Down(c, dtype=dt), group())(b))
+      m2 = seq("down2_mo", group())(a)
+      b = fuse[3](d2m, m2)
+      a = fuse[4](d3, seq("down3", Down(c, dtype=dt), group())(b))
+      m3 = seq("down3_mo", group())(a)
+      b = fuse[5](d3m, m3)
+      a = fuse[6](nk, seq("neck", group())(b))
+      mn = seq("neck_mo", group())(a) + m3
+      b = fuse[7](nm, mn)
+      a = fuse[8](u1, seq("up1", Up(c, dtype=dt), group())(b))
+      q1 = seq("up1_mo", group())(a) + m2
+      b = fuse[9](u1m, q1)
+      a = fuse[10](u2, seq("up2", Up(c, dtype=dt), group())(b))
+      q2 = seq("up2_mo", group())(a) + m1
+      b = fuse[11](u2m, q2)
+      a = fuse[12](u3, seq("up3", Up(c, dtype=dt), group())(b))
+      q3 = seq("up3_mo", group())(a) + x
+      b = fuse[13](u3m, q3)
+      img_out = seq("tail", tail_act())(b).astype(jnp.float32) + lr_up
     return img_out, img_fre
 
 

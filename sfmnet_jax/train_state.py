@@ -29,7 +29,8 @@ def _initial_generator(config, model):
       configured=checkpoints.model_meta(model))
   logging.info("Generator initialised from %s (step %s, ema=%s)", config.init_from,
                info["step"], info["ema"])
-  return loaded.clone(dtype=model.dtype, remat=model.remat), variables["params"]
+  return (loaded.clone(dtype=model.dtype, remat=model.remat, conv_algorithm=model.conv_algorithm),
+          variables["params"])
 
 
 def create_state(config, model):

@@ -87,6 +87,14 @@ def test_profile_names_each_op_by_kind_and_block():
       == "up2_fre_mo (backward)"
   assert bp.source_of("jit(<lambda>)/SFMNet/layers_12/fre_att/split") == "conv_fuse[12]"
   assert bp.source_of("pmap(psnr_step)/reduce_sum") == "(step: reduce_sum)"
+  # The model's compact method appears as a path component of its own.
+  assert bp.source_of("jit(_fun)/transpose(jvp(SFMNet))/SFMNet._generate/down1_fre/layers_0/"
+                      "cond/branch_0_fun/ffi_call") == "down1_fre (backward)"
+  # A custom call is named by its target (which C++ kernel ran).
+  line = ('  %ffi_call.7 = f32[8,4,4,16]{3,2,1,0} custom-call(%a, %b), custom_call_target='
+          '"sfmnet_conv3x3", metadata={op_name="jit(f)/SFMNet/SFMNet._generate/head/ffi_call"}')
+  assert bp.op_table("ENTRY %main {\n" + line + "\n}\n") == {
+      "ffi_call.7": ("sfmnet_conv3x3", "head")}
 
   def fn(x, k, w):
     with jax.named_scope("myconv"):

@@ -107,6 +107,28 @@ def test_pointwise_conv_and_gradients_equal_float64(shape):
   assert _lowers_to(grads, "sfmnet_conv1x1_kernel_grad", x, k, g)
 
 
+@pytest.mark.parametrize("shape", SHAPES + [(8, 32, 17, 64, 64)])
+def test_bias_gradient_is_the_float64_channel_sum(shape):
+  """`layers.add_bias`: y + b forward; its gradient passes g through and sums it per channel
+  (`cpu_kernels.channel_sum`: all 8-, 32-lane and scalar channel blocks, one-pixel images)."""
+  n, h, w, _, c = shape
+  rng = np.random.default_rng(sum(shape) + 6)
+  y = rng.standard_normal((n, h, w, c)).astype(np.float32)
+  b = rng.standard_normal(c).astype(np.float32)
+  g = rng.standard_normal((n, h, w, c)).astype(np.float32)
+  out, vjp = jax.vjp(layers.add_bias, y, b)
+  dy, db = vjp(g)
+  np.testing.assert_array_equal(out, y + b)
+  np.testing.assert_array_equal(dy, g)
+  want = np.asarray(g, np.float64).sum((0, 1, 2))
+  np.testing.assert_allclose(db, want, rtol=0, atol=2e-6 * np.abs(g).sum((0, 1, 2)).max())
+  assert _lowers_to(lambda y, b, g: jax.vjp(layers.add_bias, y, b)[1](g), "sfmnet_channel_sum",
+                    y, b, g)
+  # Other ranks sum over all axes but the last, through XLA.
+  np.testing.assert_allclose(cpu_kernels.channel_sum(g[0]), g[0].astype(np.float64).sum((0, 1)),
+                             rtol=1e-5, atol=1e-4)
+
+
 @pytest.mark.parametrize("shape", SHAPES)
 def test_depthwise_conv_equals_float64_sum(shape):
   n, h, w, c, _ = shape
@@ -257,7 +279,7 @@ def test_block_gradients_equal_xla_gradients(tmp_path):
       ("direct", ("sfmnet_conv3x3", "sfmnet_conv3x3_kernel_grad"), 1e-5),
       ("winograd", ("sfmnet_conv3x3_winograd", "sfmnet_conv3x3_kernel_grad_winograd"), 2e-5)):
     got, hlo = block_gradients(algorithm=algorithm)
-    for target in targets + ("sfmnet_depthwise3x3", "sfmnet_conv1x1",
+    for target in targets + ("sfmnet_depthwise3x3", "sfmnet_conv1x1", "sfmnet_channel_sum",
                              "sfmnet_conv1x1_kernel_grad", "sfmnet_depthwise3x3_kernel_grad"):
       assert f'custom_call_target="{target}"' in hlo, (algorithm, target)
     assert set(got) == set(ref) == set(moved)
@@ -303,12 +325,14 @@ def test_benchmark_counts_the_kernels_flops():
     dw = layers._depthwise_kernel_grad  # pylint: disable=protected-access
     return (cpu_kernels.conv3x3_kernel_grad(x, g), cpu_kernels.depthwise3x3_kernel_grad(x, x, dw),
             cpu_kernels.conv3x3(x, jnp.zeros((3, 3, 4, 8))), layers.depthwise3x3(x, x[0, :3, :3]),
-            cpu_kernels.conv1x1(x, jnp.zeros((4, 8))), cpu_kernels.conv1x1_kernel_grad(x, g))
+            cpu_kernels.conv1x1(x, jnp.zeros((4, 8))), cpu_kernels.conv1x1_kernel_grad(x, g),
+            cpu_kernels.channel_sum(g))
 
   # Per weight and pixel one multiply-add: the two kernel gradients, the dense conv,
   # the depthwise conv, the 1x1 conv and its kernel gradient (2 N H W times 9 Ci Co,
-  # 9 C, 9 Ci Co, 9 C, Ci Co, Ci Co).
-  want = 2 * 60 * (9 * 4 * 8) * 2 + 2 * 60 * (9 * 4) * 2 + 2 * 60 * (4 * 8) * 2
+  # 9 C, 9 Ci Co, 9 C, Ci Co, Ci Co); the channel sum, one add per element of g.
+  want = (2 * 60 * (9 * 4 * 8) * 2 + 2 * 60 * (9 * 4) * 2 + 2 * 60 * (4 * 8) * 2
+          + 60 * 8)
   lowered = jax.jit(both).lower(x, g)
   assert cpu_kernels.custom_call_flops(lowered.as_text("hlo")) == want
   assert cpu_kernels.custom_call_flops(lowered.compile().as_text()) == want

@@ -38,7 +38,8 @@ print(json.dumps({"out": float(np.abs(np.asarray(out) - golden["img_out"]).max()
 
 
 def test_golden_vector_both_outputs(golden):
-  """The release's outputs, computed as `train.py` / `evaluate.py` run (their XLA flags).
+  """The release's outputs, computed as `train.py` / `evaluate.py` run (their XLA flags
+  and the default `conv_algorithm="auto"`).
 
   A subprocess, because the tests' fast-compile flags round the elementwise code
   differently, and this input sits where 1e-6 of noise moves the release's own
@@ -59,6 +60,31 @@ def test_golden_vector_both_outputs(golden):
 
 def _shapes(model):
   return abstract_variables(model)
+
+
+@pytest.mark.skipif(not cpu_kernels.available(), reason="the C++ kernels could not be built here")
+def test_auto_conv_algorithm_keeps_winograd_out_of_the_frequency_branch():
+  """`conv_algorithm="auto"` (the default, which the golden test runs): Winograd's forward
+  convs only in the spatial branch, whose values reach no phase; the frequency branch
+  sums directly. "direct" uses no Winograd forward, "winograd" uses it in both branches."""
+  from sfmnet_jax import benchmark_profile
+
+  x = jax.ShapeDtypeStruct((1, 16, 16, 3), jnp.float32)
+  lowered = {}
+  for algorithm in ("auto", "direct", "winograd"):
+    model = SFMNet(num_features=8, conv_algorithm=algorithm)
+    lowered[algorithm] = jax.jit(model.apply).lower(abstract_variables(model, (16, 16)), x)
+  # The compiled module names each call's block (the lowered one has no metadata).
+  table = benchmark_profile.op_table(lowered["auto"].compile().as_text()).values()
+  placed = {kind: {"fre" if "_fre" in block else "spa" for k, block in table if k == kind}
+            for kind in ("sfmnet_conv3x3", "sfmnet_conv3x3_winograd")}
+  # The heads (3 -> C) and tails (C -> 3) sum directly in both branches whatever the option.
+  assert placed == {"sfmnet_conv3x3": {"fre", "spa"}, "sfmnet_conv3x3_winograd": {"spa"}}, placed
+  count = {a: lowered[a].as_text("hlo").count('custom_call_target="sfmnet_conv3x3_winograd"')
+           for a in lowered}
+  assert count["direct"] == 0 < count["auto"] < count["winograd"], count
+  with pytest.raises(ValueError, match="unknown conv_algorithm"):
+    SFMNet(num_features=8, conv_algorithm="fft").init(jax.random.key(0), np.zeros((1, 8, 8, 3)))
 
 
 def test_parameter_counts_match_release():
@@ -339,7 +365,8 @@ def test_channel_attention_equals_per_head_reference():
 
 def test_remat_same_gradients_and_less_stored_for_the_backward():
   """`recompute_in_backward` (what `remat=True` wraps every block in): the same gradients,
-  and the compiled backward keeps under half the bytes.
+  the compiled backward keeps under half the bytes, and the recomputation's convs use
+  the algorithm the forward was traced with.
 
   XLA:CPU would merge `nn.remat`'s recomputation back into the forward (it drops the
   optimisation barriers), so the buffers are compared, not only the numbers. A chain of
@@ -364,11 +391,15 @@ def test_remat_same_gradients_and_less_stored_for_the_backward():
     chain = Chain(remat)
 
     def loss(p, x, chain=chain):
-      return jnp.abs(chain.apply({"params": p}, x) - 0.5).mean()
+      with cpu_kernels.conv_algorithm("winograd"):
+        return jnp.abs(chain.apply({"params": p}, x) - 0.5).mean()
 
     compiled = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(params, x).compile()
     temp[remat] = compiled.memory_analysis().temp_size_in_bytes
     grads[remat] = compiled(params, x)
+    if cpu_kernels.available():  # the recomputed forward's convs use the forward's algorithm
+      assert 'custom_call_target="sfmnet_conv3x3_winograd"' in compiled.as_text()
+      assert 'custom_call_target="sfmnet_conv3x3"' not in compiled.as_text()
   scale = max(float(np.abs(g).max()) for g in jax.tree_util.tree_leaves(grads[False]))
   jax.tree_util.tree_map(
       lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5 * scale, rtol=0),

@@ -2,6 +2,7 @@
 //
 //   dense:     dK[i, j, c, d] = sum_{n, h, w} x[n, h + i - 1, w + j - 1, c] * g[n, h, w, d]
 //   depthwise: dk[i, j, c]    = sum_{n, h, w} x[n, h + i - 1, w + j - 1, c] * g[n, h, w, c]
+//   bias:      db[d]          = sum_{n, h, w} g[n, h, w, d]
 //
 // XLA:CPU computes these as convolutions over the batch, for which it first
 // transposes x and g to batch-minor layout, fused with the elementwise op that
@@ -146,6 +147,38 @@ void AddRowPointwise(const float* x, const float* g, const Shape& s, long row, f
   for (long p0 = 0; p0 < s.w; p0 += kPixelsPerBlock)
     Gemm(x + (row * s.w + p0) * s.ci, g + (row * s.w + p0) * s.co,
          std::min(kPixelsPerBlock, s.w - p0), s.ci, s.co, acc);
+}
+
+// Adds image row `row`'s pixels of g (N, H, W, Co) to acc[co]: a bias gradient
+// (x is unused). Up to 32 channels summed in registers per pass over the row.
+void AddRowSum(const float*, const float* g, const Shape& s, long row, float* acc) {
+  const float* grow = g + row * s.w * s.co;
+  long c = 0;
+  for (; c + 32 <= s.co; c += 32) {
+    v8 a0 = load(acc + c), a1 = load(acc + c + 8), a2 = load(acc + c + 16),
+       a3 = load(acc + c + 24);
+    for (long w = 0; w < s.w; ++w) {
+      const float* p = grow + w * s.co + c;
+      a0 += load(p);
+      a1 += load(p + 8);
+      a2 += load(p + 16);
+      a3 += load(p + 24);
+    }
+    store(acc + c, a0);
+    store(acc + c + 8, a1);
+    store(acc + c + 16, a2);
+    store(acc + c + 24, a3);
+  }
+  for (; c + 8 <= s.co; c += 8) {
+    v8 a = load(acc + c);
+    for (long w = 0; w < s.w; ++w) a += load(grow + w * s.co + c);
+    store(acc + c, a);
+  }
+  for (; c < s.co; ++c) {
+    float a = acc[c];
+    for (long w = 0; w < s.w; ++w) a += grow[w * s.co + c];
+    acc[c] = a;
+  }
 }
 
 using RowFn = void (*)(const float*, const float*, const Shape&, long, float*);
@@ -309,6 +342,17 @@ ffi::Error DepthwiseKernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   return ffi::Error::Success();
 }
 
+ffi::Error ChannelSum(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> g,
+                      ffi::ResultBuffer<ffi::F32> out) {
+  const auto gd = g.dimensions();
+  const auto od = out->dimensions();
+  if (gd.size() != 4 || od.size() != 1 || od[0] != gd[3])
+    return ffi::Error::InvalidArgument("sfmnet_channel_sum: g (N, H, W, C) -> (C,)");
+  Run(pool, AddRowSum, nullptr, g.typed_data(), Shape{gd[0], gd[1], gd[2], gd[3], gd[3]},
+      gd[3], out->typed_data());
+  return ffi::Error::Success();
+}
+
 }  // namespace
 }  // namespace sfmnet
 
@@ -318,3 +362,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(SfmnetConv3x3KernelGradWinograd, sfmnet::KernelGra
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SfmnetConv1x1KernelGrad, sfmnet::PointwiseKernelGrad, SFMNET_BIND);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SfmnetDepthwise3x3KernelGrad, sfmnet::DepthwiseKernelGrad,
                               SFMNET_BIND);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SfmnetChannelSum, sfmnet::ChannelSum,
+                              xla::ffi::Ffi::Bind()
+                                  .Ctx<xla::ffi::ThreadPool>()
+                                  .Arg<xla::ffi::Buffer<xla::ffi::F32>>()
+                                  .Ret<xla::ffi::Buffer<xla::ffi::F32>>());
