@@ -12,7 +12,8 @@ import jax
 import jax.numpy as jnp
 
 from sfmnet_jax import spectral
-from sfmnet_jax.layers import Conv, ConvAct, DepthwiseConv3x3, Scale, nan_to_num, sequential
+from sfmnet_jax.layers import (Conv, ConvAct, DepthwiseConv3x3, Scale, conv1x1, gram, nan_to_num,
+                               sequential)
 
 Dtype = Any
 
@@ -106,28 +107,25 @@ class ChannelAttention(nn.Module):
     c, heads = self.features, self.num_heads
     if c % heads:
       raise ValueError(f"num_features={c} must be divisible by num_heads={heads}")
-    b, h, w, _ = x.shape
     temperature = self.param("temperature", nn.initializers.ones, (heads, 1, 1))
     q = Conv(c, 1, use_bias=False, dtype=self.dtype, name="q")(x)
     q = DepthwiseConv3x3(dtype=self.dtype, name="q_dwconv")(q)
     kv = Conv(2 * c, 1, use_bias=False, dtype=self.dtype, name="kv")(g)
     kv = DepthwiseConv3x3(dtype=self.dtype, name="kv_dwconv")(kv)
     k, v = jnp.split(kv, 2, axis=-1)
-    n = h * w
     # All heads at once as one (C x C) map per image, masked to its (C/h x C/h)
-    # diagonal blocks (channel = head*(C/h) + j): plain batched GEMMs over the
-    # pixels, no per-head transposes. The L2 normalisation over H*W is folded
+    # diagonal blocks (channel = head*(C/h) + j): plain GEMMs over each image's
+    # pixels (`gram`, and `conv1x1` with a kernel per image), no per-head transposes. The L2 normalisation over H*W is folded
     # into the small map: (q/|q|).(k/|k|) = (q.k) / (|q| |k|).
-    qf = q.reshape(b, n, c).astype(jnp.float32)
-    kf = k.reshape(b, n, c).astype(jnp.float32)
-    q_norm = jnp.maximum(jnp.sqrt(jnp.sum(qf * qf, axis=1)), 1e-12)  # F.normalize's eps
-    k_norm = jnp.maximum(jnp.sqrt(jnp.sum(kf * kf, axis=1)), 1e-12)
-    logits = jnp.einsum("bnc,bnd->bcd", qf, kf) / (q_norm[:, :, None] * k_norm[:, None, :])
+    qf, kf = q.astype(jnp.float32), k.astype(jnp.float32)
+    q_norm = jnp.maximum(jnp.sqrt(jnp.sum(qf * qf, axis=(1, 2))), 1e-12)  # F.normalize's eps
+    k_norm = jnp.maximum(jnp.sqrt(jnp.sum(kf * kf, axis=(1, 2))), 1e-12)
+    logits = gram(qf, kf) / (q_norm[:, :, None] * k_norm[:, None, :])
     head = jnp.arange(c) // (c // heads)
     logits = logits * temperature.reshape(heads)[head][None, :, None]
     logits = jnp.where(head[:, None] == head[None, :], logits, -jnp.inf)
     attn = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
-    out = jnp.einsum("bcd,bnd->bnc", attn, v.reshape(b, n, c)).reshape(b, h, w, c)
+    out = conv1x1(v, jnp.swapaxes(attn, 1, 2))  # out[p, c] = sum_d attn[c, d] v[p, d]
     return Conv(c, 1, use_bias=False, dtype=self.dtype, name="project_out")(out)
 
 

@@ -222,24 +222,31 @@ def conv3x3(x: jax.Array, k: jax.Array, algorithm: str = "auto") -> jax.Array:
 
 
 def xla_conv1x1(x, k):
-  """x (N, H, W, Ci) @ k (Ci, Co) over pixels, as XLA's dot."""
+  """x (N, H, W, Ci) @ k (Ci, Co) over pixels (or image n @ k[n] for k (N, Ci, Co)), XLA's dot."""
+  if k.ndim == 3:
+    return jnp.einsum("nhwc,ncd->nhwd", x, k)
   return (x.reshape(-1, x.shape[-1]) @ k).reshape(*x.shape[:-1], k.shape[-1])
 
 
-def xla_conv1x1_kernel_grad(x, g):
-  """sum over pixels of x^T g: (Ci, Co)."""
+def xla_conv1x1_kernel_grad(x, g, per_image=False):
+  """sum over pixels of x^T g: (Ci, Co), or per image (N, Ci, Co)."""
+  if per_image:
+    return jnp.einsum("nhwc,nhwd->ncd", x, g)
   return x.reshape(-1, x.shape[-1]).T @ g.reshape(-1, g.shape[-1])
 
 
 def conv1x1(x: jax.Array, k: jax.Array) -> jax.Array:
-  """A 1x1 conv, x (N, H, W, Ci) times k (Ci, Co): C++ on CPUs (float32), else XLA's dot."""
+  """A 1x1 conv, x (N, H, W, Ci) times k (Ci, Co), or image n times its own k[n] for k
+  (N, Ci, Co): C++ on CPUs (float32), else XLA's dot."""
   return _call("sfmnet_conv1x1", (*x.shape[:3], k.shape[-1]), xla_conv1x1, x, k)
 
 
-def conv1x1_kernel_grad(x: jax.Array, g: jax.Array) -> jax.Array:
-  """A 1x1 conv's kernel gradient (Ci, Co) from its input and output gradient."""
-  return _call("sfmnet_conv1x1_kernel_grad", (x.shape[-1], g.shape[-1]),
-               xla_conv1x1_kernel_grad, x, g)
+def conv1x1_kernel_grad(x: jax.Array, g: jax.Array, per_image: bool = False) -> jax.Array:
+  """A 1x1 conv's kernel gradient x^T g (Ci, Co) from its input and output gradient, or
+  one per image (N, Ci, Co) with `per_image`."""
+  shape = (x.shape[0],) * per_image + (x.shape[-1], g.shape[-1])
+  return _call("sfmnet_conv1x1_kernel_grad", shape,
+               functools.partial(xla_conv1x1_kernel_grad, per_image=per_image), x, g)
 
 
 def depthwise3x3(x: jax.Array, k: jax.Array, xla_op) -> jax.Array:

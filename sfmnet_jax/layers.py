@@ -215,7 +215,8 @@ conv3x3.defvjp(_conv3x3_fwd, _conv3x3_bwd)
 
 @jax.custom_vjp
 def conv1x1(x: jax.Array, k: jax.Array) -> jax.Array:
-  """1x1 convolution, x (N, H, W, in) times k (in, out) over pixels.
+  """1x1 convolution, x (N, H, W, in) times k (in, out) over pixels; with k (N, in, out)
+  each image has its own kernel (the channel attention's `attn v`).
 
   On CPUs (float32) the product, the input gradient (g k^T) and the kernel
   gradient (x^T g) are `cpu_kernels`' C++ GEMMs; elsewhere XLA's dots.
@@ -229,11 +230,34 @@ def _conv1x1_fwd(x, k):
 
 def _conv1x1_bwd(residuals, g):
   x, k = residuals
-  dx = cpu_kernels.conv1x1(g, k.T.astype(g.dtype))
-  return dx.astype(x.dtype), cpu_kernels.conv1x1_kernel_grad(x, g).astype(k.dtype)
+  dx = cpu_kernels.conv1x1(g, jnp.swapaxes(k, -1, -2).astype(g.dtype))
+  dk = cpu_kernels.conv1x1_kernel_grad(x, g, per_image=k.ndim == 3)
+  return dx.astype(x.dtype), dk.astype(k.dtype)
 
 
 conv1x1.defvjp(_conv1x1_fwd, _conv1x1_bwd)
+
+
+@jax.custom_vjp
+def gram(x: jax.Array, y: jax.Array) -> jax.Array:
+  """Per image, x^T y summed over pixels: x (N, H, W, Cx), y (N, H, W, Cy) -> (N, Cx, Cy)
+  (the channel attention's q k^T); the C++ GEMMs of `conv1x1` on CPUs (float32)."""
+  return cpu_kernels.conv1x1_kernel_grad(x, y, per_image=True)
+
+
+def _gram_fwd(x, y):
+  return gram(x, y), (x, y)
+
+
+def _gram_bwd(residuals, g):
+  x, y = residuals
+  g = g.astype(x.dtype)
+  # d/dx sum g[c, d] x[p, c] y[p, d] = y g^T; d/dy = x g.
+  return (cpu_kernels.conv1x1(y, jnp.swapaxes(g, -1, -2)).astype(x.dtype),
+          cpu_kernels.conv1x1(x, g).astype(y.dtype))
+
+
+gram.defvjp(_gram_fwd, _gram_bwd)
 
 
 def _shifted_sum(x, k):

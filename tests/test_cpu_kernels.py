@@ -107,6 +107,36 @@ def test_pointwise_conv_and_gradients_equal_float64(shape):
   assert _lowers_to(grads, "sfmnet_conv1x1_kernel_grad", x, k, g)
 
 
+@pytest.mark.parametrize("shape", SHAPES)
+def test_per_image_products_and_gradients_equal_float64(shape):
+  """The channel attention's products: `conv1x1` with a kernel per image (attn v) and
+  `gram` (q^T k per image), each with both gradients."""
+  n, h, w, ci, co = shape
+  rng = np.random.default_rng(sum(shape) + 7)
+  x = rng.standard_normal((n, h, w, ci)).astype(np.float32)
+  y = rng.standard_normal((n, h, w, co)).astype(np.float32)
+  k = rng.standard_normal((n, ci, co)).astype(np.float32)
+  gk = rng.standard_normal((n, ci, co)).astype(np.float32)
+  x64, y64, k64, gk64 = (np.asarray(a, np.float64) for a in (x, y, k, gk))
+  out, vjp = jax.vjp(layers.conv1x1, x, k)
+  dx, dk = vjp(y)
+  gr, gram_vjp = jax.vjp(layers.gram, x, y)
+  gx, gy = gram_vjp(gk)
+  for got, want in ((out, np.einsum("nhwc,ncd->nhwd", x64, k64)),
+                    (dx, np.einsum("nhwd,ncd->nhwc", y64, k64)),
+                    (dk, np.einsum("nhwc,nhwd->ncd", x64, y64)),
+                    (gr, np.einsum("nhwc,nhwd->ncd", x64, y64)),
+                    (gx, np.einsum("nhwd,ncd->nhwc", y64, gk64)),
+                    (gy, np.einsum("nhwc,ncd->nhwd", x64, gk64))):
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-6 * np.abs(want).max() + 1e-30)
+  assert _lowers_to(layers.gram, "sfmnet_conv1x1_kernel_grad", x, y)
+  assert _lowers_to(layers.conv1x1, "sfmnet_conv1x1", x, k)
+  with pytest.raises(Exception, match="sfmnet_conv1x1"):  # the handler checks its operands
+    jax.block_until_ready(jax.jit(lambda x, k: cpu_kernels._call(  # pylint: disable=protected-access
+        "sfmnet_conv1x1", (n, h, w, co), None, x, k))(x, k[:1].repeat(n + 1, 0)))
+
+
 @pytest.mark.parametrize("shape", SHAPES + [(8, 32, 17, 64, 64)])
 def test_bias_gradient_is_the_float64_channel_sum(shape):
   """`layers.add_bias`: y + b forward; its gradient passes g through and sums it per channel

@@ -315,16 +315,29 @@ ffi::Error KernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   return ffi::Error::Success();
 }
 
+// x^T g over pixels: (Ci, Co), or per image (N, Ci, Co) (the channel attention's q^T k).
 ffi::Error PointwiseKernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
                                ffi::Buffer<ffi::F32> g, ffi::ResultBuffer<ffi::F32> out) {
   const auto xd = x.dimensions();
   const auto gd = g.dimensions();
   const auto od = out->dimensions();
-  if (!SameImages(xd, gd) || od.size() != 2 || od[0] != xd[3] || od[1] != gd[3])
+  const bool per_image = od.size() == 3;
+  if (!SameImages(xd, gd) || (od.size() != 2 && !(per_image && od[0] == xd[0])) ||
+      od[od.size() - 2] != xd[3] || od[od.size() - 1] != gd[3])
     return ffi::Error::InvalidArgument(
-        "sfmnet_conv1x1_kernel_grad: x (N, H, W, Ci), g (N, H, W, Co) -> (Ci, Co)");
-  Run(pool, AddRowPointwise, x.typed_data(), g.typed_data(),
-      Shape{xd[0], xd[1], xd[2], xd[3], gd[3]}, xd[3] * gd[3], out->typed_data());
+        "sfmnet_conv1x1_kernel_grad: x (N, H, W, Ci), g (N, H, W, Co) -> (Ci, Co) or "
+        "(N, Ci, Co)");
+  const Shape s{xd[0], xd[1], xd[2], xd[3], gd[3]};
+  if (!per_image) {
+    Run(pool, AddRowPointwise, x.typed_data(), g.typed_data(), s, s.ci * s.co,
+        out->typed_data());
+    return ffi::Error::Success();
+  }
+  const Shape one{1, s.h, s.w, s.ci, s.co};  // each image's rows, in its own chunks
+  for (long n = 0; n < s.n; ++n)
+    Run(pool, AddRowPointwise, x.typed_data() + n * s.h * s.w * s.ci,
+        g.typed_data() + n * s.h * s.w * s.co, one, s.ci * s.co,
+        out->typed_data() + n * s.ci * s.co);
   return ffi::Error::Success();
 }
 

@@ -314,24 +314,35 @@ ffi::Error Depthwise(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<
   return ffi::Error::Success();
 }
 
-// 1x1: x (N, H, W, Ci), k (Ci, Co) -> (N, H, W, Co), a GEMM over pixels.
+// 1x1: x (N, H, W, Ci), k (Ci, Co) -> (N, H, W, Co), a GEMM over pixels; with k
+// (N, Ci, Co), image n's own kernel k[n] (the channel attention's products).
 ffi::Error Pointwise(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> k,
                      ffi::ResultBuffer<ffi::F32> out) {
   const auto xd = x.dimensions(), kd = k.dimensions(), od = out->dimensions();
-  if (!SameImages(xd, od) || kd.size() != 2 || kd[0] != xd[3] || kd[1] != od[3])
+  const bool per_image = kd.size() == 3;
+  if (!SameImages(xd, od) || (kd.size() != 2 && !(per_image && kd[0] == xd[0])) ||
+      kd[kd.size() - 2] != xd[3] || kd[kd.size() - 1] != od[3])
     return ffi::Error::InvalidArgument(
-        "sfmnet_conv1x1: x (N, H, W, Ci), k (Ci, Co) -> (N, H, W, Co)");
-  const Dims s{xd[0], xd[1], xd[2], xd[3], kd[1], (kd[1] + kBlock - 1) / kBlock};
-  if (s.co == 0) return ffi::Error::Success();
-  const std::vector<float> kp = Pack(k.typed_data(), 1, s);
+        "sfmnet_conv1x1: x (N, H, W, Ci), k (Ci, Co) or (N, Ci, Co) -> (N, H, W, Co)");
+  const Dims s{xd[0], xd[1], xd[2], xd[3], od[3], (od[3] + kBlock - 1) / kBlock};
+  if (s.co == 0 || s.n == 0) return ffi::Error::Success();
+  const long kernels = per_image ? s.n : 1, kernel_size = s.ci * s.co;
+  std::vector<float> kp;  // the packed kernels, one after another
+  for (long n = 0; n < kernels; ++n) {
+    const std::vector<float> one = Pack(k.typed_data() + n * kernel_size, 1, s);
+    kp.insert(kp.end(), one.begin(), one.end());
+  }
+  const long packed = static_cast<long>(kp.size()) / kernels;
   const float* xp = x.typed_data();
   float* op = out->typed_data();
-  constexpr long kPixels = 96;  // pixels per item
-  const long pixels = s.n * s.h * s.w, items = (pixels + kPixels - 1) / kPixels;
+  constexpr long kPixels = 96;  // pixels per item; an item lies within one image
+  const long image = s.h * s.w, per = (image + kPixels - 1) / kPixels, items = s.n * per;
   ParallelFor(pool, items, TaskSize(pool, items), [&](long begin, long end) {
     for (long i = begin; i < end; ++i) {
-      const long p0 = i * kPixels, m = std::min(kPixels, pixels - p0);
-      GemmRows(xp + p0 * s.ci, m, kp.data(), s, op + p0 * s.co);
+      const long n = i / per, p0 = n * image + (i % per) * kPixels;
+      const long m = std::min(kPixels, (n + 1) * image - p0);
+      GemmRows(xp + p0 * s.ci, m, kp.data() + (per_image ? n * packed : 0), s,
+               op + p0 * s.co);
     }
   });
   return ffi::Error::Success();
