@@ -11,7 +11,8 @@ XLA's own thread pool, rows split across threads):
 - depthwise 3x3 convs (and their input gradients, with the flipped kernel) as
   nine vectorised multiply-adds per pixel, where XLA:CPU spends a padded copy
   and a slow strided fusion;
-- 1x1 convs and their input gradients, on the same GEMM tiles.
+- 1x1 convs and their input gradients, on the same GEMM tiles, also with
+  one kernel per image (the channel attention's attn v).
 `csrc/conv_grads.cc` computes the kernel gradients. XLA:CPU computes those
 as convolutions over the batch, for which it first transposes the layer's input
 and the output gradient to batch-minor layout (reading with a stride of one
@@ -20,7 +21,8 @@ they lie: a register-tiled GEMM per image row and tap for dense convs (and
 per image row for 1x1 convs), nine
 vectorised multiply-adds per pixel for depthwise ones, Winograd's transposed
 form from 32 channels, summed in a fixed number of chunks so that the result
-does not depend on the thread count.
+does not depend on the thread count; the same chunked sums give bias
+gradients (per-channel sums) and the attention's per-image q^T k.
 
 The sources are compiled on first use with the machine's C++ compiler
 (`$CXX`, else `c++`/`g++`/`clang++`, `-O3 -march=native`) against the FFI
@@ -320,6 +322,8 @@ def custom_call_flops(hlo_text: str) -> float:
         total += 2.0 * np.prod(out) * x[-1]
       elif target.group(1) == "sfmnet_channel_sum":  # one add per element
         total += np.prod(x)
+      elif target.group(1) == "sfmnet_conv1x1_kernel_grad" and len(out) == 3:
+        total += 2.0 * np.prod(out) * x[1] * x[2]  # per image: its own pixels
       else:  # a kernel gradient: each weight, one multiply-add per pixel
         total += 2.0 * np.prod(out) * np.prod(x[:3])
   return total

@@ -356,13 +356,15 @@ def test_benchmark_counts_the_kernels_flops():
     return (cpu_kernels.conv3x3_kernel_grad(x, g), cpu_kernels.depthwise3x3_kernel_grad(x, x, dw),
             cpu_kernels.conv3x3(x, jnp.zeros((3, 3, 4, 8))), layers.depthwise3x3(x, x[0, :3, :3]),
             cpu_kernels.conv1x1(x, jnp.zeros((4, 8))), cpu_kernels.conv1x1_kernel_grad(x, g),
-            cpu_kernels.channel_sum(g))
+            cpu_kernels.channel_sum(g), cpu_kernels.conv1x1_kernel_grad(x, g, per_image=True),
+            cpu_kernels.conv1x1(x, jnp.zeros((2, 4, 8))))
 
   # Per weight and pixel one multiply-add: the two kernel gradients, the dense conv,
   # the depthwise conv, the 1x1 conv and its kernel gradient (2 N H W times 9 Ci Co,
-  # 9 C, 9 Ci Co, 9 C, Ci Co, Ci Co); the channel sum, one add per element of g.
+  # 9 C, 9 Ci Co, 9 C, Ci Co, Ci Co); the channel sum, one add per element of g; the
+  # per-image products (each image's 30 pixels times its own Ci Co weights).
   want = (2 * 60 * (9 * 4 * 8) * 2 + 2 * 60 * (9 * 4) * 2 + 2 * 60 * (4 * 8) * 2
-          + 60 * 8)
+          + 60 * 8 + 2 * 2 * 30 * (4 * 8) * 2)
   lowered = jax.jit(both).lower(x, g)
   assert cpu_kernels.custom_call_flops(lowered.as_text("hlo")) == want
   assert cpu_kernels.custom_call_flops(lowered.compile().as_text()) == want
