@@ -110,9 +110,10 @@ class ChannelAttention(nn.Module):
     temperature = self.param("temperature", nn.initializers.ones, (heads, 1, 1))
     q = Conv(c, 1, use_bias=False, dtype=self.dtype, name="q")(x)
     q = DepthwiseConv3x3(dtype=self.dtype, name="q_dwconv")(q)
-    kv = Conv(2 * c, 1, use_bias=False, dtype=self.dtype, name="kv")(g)
-    kv = DepthwiseConv3x3(dtype=self.dtype, name="kv_dwconv")(kv)
-    k, v = jnp.split(kv, 2, axis=-1)
+    # The release's kv conv and its depthwise conv, computed as their k and v halves
+    # (the same numbers, without copying the halves out of a 2C-channel array).
+    kv = Conv(2 * c, 1, use_bias=False, dtype=self.dtype, parts=2, name="kv")(g)
+    k, v = DepthwiseConv3x3(dtype=self.dtype, name="kv_dwconv")(kv)
     # All heads at once as one (C x C) map per image, masked to its (C/h x C/h)
     # diagonal blocks (channel = head*(C/h) + j): plain GEMMs over each image's
     # pixels (`gram`, and `conv1x1` with a kernel per image), no per-head transposes. The L2 normalisation over H*W is folded

@@ -147,6 +147,10 @@ class Conv(nn.Module):
   kernel_size: int = 3
   use_bias: bool = True
   dtype: Dtype = jnp.float32
+  # > 1: a 1x1 conv without bias returns its output channels in this many equal
+  # parts, each computed on its own (the same numbers as splitting the whole
+  # output, without copying the parts out of it).
+  parts: int = 1
 
   @nn.compact
   def __call__(self, x):
@@ -155,6 +159,10 @@ class Conv(nn.Module):
     kernel = self.param("kernel", torch_kernel_init, (k, k, cin, self.features))
     x = x.astype(self.dtype)
     kernel = kernel.astype(self.dtype)
+    if self.parts > 1:
+      if k != 1 or self.use_bias or self.features % self.parts:
+        raise ValueError("parts > 1 needs a 1x1 conv without bias and features divisible by it")
+      return tuple(conv1x1(x, kp) for kp in jnp.split(kernel[0, 0], self.parts, axis=-1))
     if k == 1:  # a matmul over pixels
       y = conv1x1(x, kernel[0, 0])
     elif k == 3:
@@ -326,15 +334,24 @@ depthwise3x3.defvjp(_depthwise3x3_fwd, _depthwise3x3_bwd)
 
 
 class DepthwiseConv3x3(nn.Module):
-  """Depthwise 3x3 convolution, no bias, padding 1 (kernel (3, 3, 1, C)); see `depthwise3x3`."""
+  """Depthwise 3x3 convolution, no bias, padding 1 (kernel (3, 3, 1, C)); see `depthwise3x3`.
+
+  Called with a tuple of arrays (the channels of one input in parts, as
+  `Conv(parts=...)` returns them), it convolves each with its kernel channels.
+  """
 
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x):
-    c = x.shape[-1]
-    kernel = self.param("kernel", torch_kernel_init, (3, 3, 1, c))
-    return depthwise3x3(x.astype(self.dtype), kernel[:, :, 0, :].astype(self.dtype))
+    xs = tuple(x) if isinstance(x, (tuple, list)) else (x,)
+    c = sum(a.shape[-1] for a in xs)
+    kernel = self.param("kernel", torch_kernel_init, (3, 3, 1, c))[:, :, 0, :].astype(self.dtype)
+    out, start = [], 0
+    for a in xs:
+      out.append(depthwise3x3(a.astype(self.dtype), kernel[..., start:start + a.shape[-1]]))
+      start += a.shape[-1]
+    return tuple(out) if isinstance(x, (tuple, list)) else out[0]
 
 
 class ConvAct(nn.Module):

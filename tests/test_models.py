@@ -310,6 +310,24 @@ def test_host_init_follows_the_modules_initialisers():
     assert {p[-1] for p in leaves} <= covered
 
 
+def test_conv_in_parts_equals_the_split_whole():
+  """`Conv(parts=2)` and `DepthwiseConv3x3` on the parts (the attention's k and v) give
+  the split of the whole conv's output bit for bit, from the same parameters."""
+  x = np.random.default_rng(8).standard_normal((2, 5, 7, 8)).astype(np.float32)
+  whole = layers.Conv(12, 1, use_bias=False)
+  params = whole.init(jax.random.key(0), x)
+  dw = layers.DepthwiseConv3x3()
+  dw_params = dw.init(jax.random.key(1), np.zeros((1, 4, 4, 12), np.float32))
+  y = whole.apply(params, x)
+  want = jnp.split(dw.apply(dw_params, y), 2, axis=-1)
+  parts = layers.Conv(12, 1, use_bias=False, parts=2).apply(params, x)
+  np.testing.assert_array_equal(jnp.concatenate(parts, -1), y)
+  for got, ref in zip(dw.apply(dw_params, parts), want):
+    np.testing.assert_array_equal(got, ref)
+  with pytest.raises(ValueError, match="parts > 1"):
+    layers.Conv(12, 3, use_bias=False, parts=2).init(jax.random.key(0), x)
+
+
 def test_depthwise_conv_and_its_gradient_equal_xla_grouped_conv():
   x = jax.random.normal(jax.random.key(7), (2, 9, 7, 5))
   k = jax.random.normal(jax.random.key(8), (3, 3, 5))
