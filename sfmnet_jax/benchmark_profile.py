@@ -41,7 +41,8 @@ def op_table(hlo_text: str):
   """{instruction name: (kind, source)} for the instructions of an optimised HLO module.
 
   kind: the instruction's opcode, for a custom call its target (which C++ kernel),
-  for a fusion the first of KINDS it contains ("elementwise" when none); source: the layer path from its metadata.
+  for a fusion the first of KINDS it contains ("elementwise" when none); source:
+  the layer path from its metadata.
   """
   opcodes, last_op_name, instructions = collections.defaultdict(set), {}, {}
   current = None
@@ -63,8 +64,8 @@ def op_table(hlo_text: str):
     if opcode == "fusion":
       inner = opcodes.get(called.group(1), set()) if called else set()
       kind = next((k for k in KINDS if k in inner), "elementwise")
-    elif opcode == "custom-call" and _TARGET.search(line):
-      kind = _TARGET.search(line).group(1)
+    elif opcode == "custom-call" and (target := _TARGET.search(line)):
+      kind = target.group(1)
     op_name = _OP_NAME.search(line)
     # A fusion without metadata of its own: that of its last instruction with some.
     op_name = op_name.group(1) if op_name else last_op_name.get(called.group(1) if called else "")

@@ -12,8 +12,8 @@ import jax
 import jax.numpy as jnp
 
 from sfmnet_jax import spectral
-from sfmnet_jax.layers import (Conv, ConvAct, DepthwiseConv3x3, Scale, conv1x1, gram, nan_to_num,
-                               sequential)
+from sfmnet_jax.layers import Conv, ConvAct, DepthwiseConv3x3, Scale, nan_to_num, sequential
+from sfmnet_jax.ops import conv1x1, gram
 
 Dtype = Any
 
@@ -116,8 +116,9 @@ class ChannelAttention(nn.Module):
     k, v = DepthwiseConv3x3(dtype=self.dtype, name="kv_dwconv")(kv)
     # All heads at once as one (C x C) map per image, masked to its (C/h x C/h)
     # diagonal blocks (channel = head*(C/h) + j): plain GEMMs over each image's
-    # pixels (`gram`, and `conv1x1` with a kernel per image), no per-head transposes. The L2 normalisation over H*W is folded
-    # into the small map: (q/|q|).(k/|k|) = (q.k) / (|q| |k|).
+    # pixels (`gram`, and `conv1x1` with a kernel per image), no per-head
+    # transposes. The L2 normalisation over H*W is folded into the small map:
+    # (q/|q|).(k/|k|) = (q.k) / (|q| |k|).
     qf, kf = q.astype(jnp.float32), k.astype(jnp.float32)
     q_norm = jnp.maximum(jnp.sqrt(jnp.sum(qf * qf, axis=(1, 2))), 1e-12)  # F.normalize's eps
     k_norm = jnp.maximum(jnp.sqrt(jnp.sum(kf * kf, axis=(1, 2))), 1e-12)

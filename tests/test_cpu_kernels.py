@@ -12,7 +12,7 @@ import pytest
 
 import flax.linen as nn
 
-from sfmnet_jax import cpu_kernels, layers
+from sfmnet_jax import cpu_kernels, layers, ops
 from sfmnet_jax.blocks import FuseBlock, ResidualGroup
 from sfmnet_jax.layers import abstract_variables, host_init
 
@@ -95,14 +95,14 @@ def test_pointwise_conv_and_gradients_equal_float64(shape):
   x = rng.standard_normal((n, h, w, ci)).astype(np.float32)
   k = rng.standard_normal((ci, co)).astype(np.float32)
   g = rng.standard_normal((n, h, w, co)).astype(np.float32)
-  y, vjp = jax.vjp(layers.conv1x1, x, k)
+  y, vjp = jax.vjp(ops.conv1x1, x, k)
   dx, dk = vjp(g)
   x64, k64, g64 = (np.asarray(a, np.float64) for a in (x, k, g))
   for got, want in ((y, np.einsum("nhwc,cd->nhwd", x64, k64)),
                     (dx, np.einsum("nhwd,cd->nhwc", g64, k64)),
                     (dk, np.einsum("nhwc,nhwd->cd", x64, g64))):
     np.testing.assert_allclose(got, want, rtol=0, atol=2e-6 * np.abs(want).max())
-  grads = lambda x, k, g: jax.vjp(layers.conv1x1, x, k)[1](g)  # noqa: E731
+  grads = lambda x, k, g: jax.vjp(ops.conv1x1, x, k)[1](g)  # noqa: E731
   assert _lowers_to(grads, "sfmnet_conv1x1", x, k, g)
   assert _lowers_to(grads, "sfmnet_conv1x1_kernel_grad", x, k, g)
 
@@ -118,9 +118,9 @@ def test_per_image_products_and_gradients_equal_float64(shape):
   k = rng.standard_normal((n, ci, co)).astype(np.float32)
   gk = rng.standard_normal((n, ci, co)).astype(np.float32)
   x64, y64, k64, gk64 = (np.asarray(a, np.float64) for a in (x, y, k, gk))
-  out, vjp = jax.vjp(layers.conv1x1, x, k)
+  out, vjp = jax.vjp(ops.conv1x1, x, k)
   dx, dk = vjp(y)
-  gr, gram_vjp = jax.vjp(layers.gram, x, y)
+  gr, gram_vjp = jax.vjp(ops.gram, x, y)
   gx, gy = gram_vjp(gk)
   for got, want in ((out, np.einsum("nhwc,ncd->nhwd", x64, k64)),
                     (dx, np.einsum("nhwd,ncd->nhwc", y64, k64)),
@@ -130,8 +130,8 @@ def test_per_image_products_and_gradients_equal_float64(shape):
                     (gy, np.einsum("nhwc,ncd->nhwd", x64, gk64))):
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=0, atol=2e-6 * np.abs(want).max() + 1e-30)
-  assert _lowers_to(layers.gram, "sfmnet_conv1x1_kernel_grad", x, y)
-  assert _lowers_to(layers.conv1x1, "sfmnet_conv1x1", x, k)
+  assert _lowers_to(ops.gram, "sfmnet_conv1x1_kernel_grad", x, y)
+  assert _lowers_to(ops.conv1x1, "sfmnet_conv1x1", x, k)
   with pytest.raises(Exception, match="sfmnet_conv1x1"):  # the handler checks its operands
     jax.block_until_ready(jax.jit(lambda x, k: cpu_kernels._call(  # pylint: disable=protected-access
         "sfmnet_conv1x1", (n, h, w, co), None, x, k))(x, k[:1].repeat(n + 1, 0)))
@@ -139,20 +139,20 @@ def test_per_image_products_and_gradients_equal_float64(shape):
 
 @pytest.mark.parametrize("shape", SHAPES + [(8, 32, 17, 64, 64)])
 def test_bias_gradient_is_the_float64_channel_sum(shape):
-  """`layers.add_bias`: y + b forward; its gradient passes g through and sums it per channel
+  """`ops.add_bias`: y + b forward; its gradient passes g through and sums it per channel
   (`cpu_kernels.channel_sum`: all 8-, 32-lane and scalar channel blocks, one-pixel images)."""
   n, h, w, _, c = shape
   rng = np.random.default_rng(sum(shape) + 6)
   y = rng.standard_normal((n, h, w, c)).astype(np.float32)
   b = rng.standard_normal(c).astype(np.float32)
   g = rng.standard_normal((n, h, w, c)).astype(np.float32)
-  out, vjp = jax.vjp(layers.add_bias, y, b)
+  out, vjp = jax.vjp(ops.add_bias, y, b)
   dy, db = vjp(g)
   np.testing.assert_array_equal(out, y + b)
   np.testing.assert_array_equal(dy, g)
   want = np.asarray(g, np.float64).sum((0, 1, 2))
   np.testing.assert_allclose(db, want, rtol=0, atol=2e-6 * np.abs(g).sum((0, 1, 2)).max())
-  assert _lowers_to(lambda y, b, g: jax.vjp(layers.add_bias, y, b)[1](g), "sfmnet_channel_sum",
+  assert _lowers_to(lambda y, b, g: jax.vjp(ops.add_bias, y, b)[1](g), "sfmnet_channel_sum",
                     y, b, g)
   # Other ranks sum over all axes but the last, through XLA.
   np.testing.assert_allclose(cpu_kernels.channel_sum(g[0]), g[0].astype(np.float64).sum((0, 1)),
@@ -165,12 +165,12 @@ def test_depthwise_conv_equals_float64_sum(shape):
   rng = np.random.default_rng(sum(shape) + 3)
   x = rng.standard_normal((n, h, w, c)).astype(np.float32)
   k = rng.standard_normal((3, 3, c)).astype(np.float32)
-  assert _lowers_to(layers.depthwise3x3, "sfmnet_depthwise3x3", x, k)
+  assert _lowers_to(ops.depthwise3x3, "sfmnet_depthwise3x3", x, k)
   want = _conv(x, k, depthwise=True)
-  np.testing.assert_allclose(jax.jit(layers.depthwise3x3)(x, k), want, rtol=0,
+  np.testing.assert_allclose(jax.jit(ops.depthwise3x3)(x, k), want, rtol=0,
                              atol=2e-6 * np.abs(want).max())
   # XLA's path (used where the kernels are not) gives the same numbers.
-  np.testing.assert_allclose(layers._shifted_sum(x, k), want, rtol=0,  # pylint: disable=protected-access
+  np.testing.assert_allclose(ops._shifted_sum(x, k), want, rtol=0,  # pylint: disable=protected-access
                              atol=2e-6 * np.abs(want).max())
 
 
@@ -199,11 +199,11 @@ def test_depthwise_kernel_grad_equals_float64_sum(shape):
   x = rng.standard_normal((n, h, w, c)).astype(np.float32)
   g = rng.standard_normal((n, h, w, c)).astype(np.float32)
   fn = jax.jit(lambda x, g: cpu_kernels.depthwise3x3_kernel_grad(
-      x, g, layers._depthwise_kernel_grad))  # pylint: disable=protected-access
+      x, g, ops._depthwise_kernel_grad))  # pylint: disable=protected-access
   want = _taps(x, g, depthwise=True)
   np.testing.assert_allclose(fn(x, g), want, rtol=0, atol=2e-6 * np.abs(want).max())
   # XLA's path (used where the kernels are not) gives the same numbers.
-  np.testing.assert_allclose(layers._depthwise_kernel_grad(x, g), want,  # pylint: disable=protected-access
+  np.testing.assert_allclose(ops._depthwise_kernel_grad(x, g), want,  # pylint: disable=protected-access
                              rtol=0, atol=2e-5 * np.abs(want).max())
 
 
@@ -232,8 +232,8 @@ def test_conv_layer_gradients_under_pmap_equal_xla():
       return jax.grad(loss, argnums=(0, 1))(x, k)
     return fn
 
-  assert "sfmnet_conv3x3_kernel_grad" in jax.jit(grads(layers.conv3x3)).lower(x[0], k).as_text()
-  got = jax.pmap(grads(layers.conv3x3), in_axes=(0, None))(x, k)
+  assert "sfmnet_conv3x3_kernel_grad" in jax.jit(grads(ops.conv3x3)).lower(x[0], k).as_text()
+  got = jax.pmap(grads(ops.conv3x3), in_axes=(0, None))(x, k)
   # XLA's autodiff of the plain convolution.
   want = jax.pmap(grads(cpu_kernels.xla_conv_same), in_axes=(0, None))(x, k)
   for a, b in zip(got, want):
@@ -352,9 +352,9 @@ def test_benchmark_counts_the_kernels_flops():
   g = np.zeros((2, 6, 5, 8), np.float32)
 
   def both(x, g):
-    dw = layers._depthwise_kernel_grad  # pylint: disable=protected-access
+    dw = ops._depthwise_kernel_grad  # pylint: disable=protected-access
     return (cpu_kernels.conv3x3_kernel_grad(x, g), cpu_kernels.depthwise3x3_kernel_grad(x, x, dw),
-            cpu_kernels.conv3x3(x, jnp.zeros((3, 3, 4, 8))), layers.depthwise3x3(x, x[0, :3, :3]),
+            cpu_kernels.conv3x3(x, jnp.zeros((3, 3, 4, 8))), ops.depthwise3x3(x, x[0, :3, :3]),
             cpu_kernels.conv1x1(x, jnp.zeros((4, 8))), cpu_kernels.conv1x1_kernel_grad(x, g),
             cpu_kernels.channel_sum(g), cpu_kernels.conv1x1_kernel_grad(x, g, per_image=True),
             cpu_kernels.conv1x1(x, jnp.zeros((2, 4, 8))))

@@ -14,7 +14,7 @@ import pytest
 from sfmnet_jax import SFMNet, count_params, init_generator
 from sfmnet_jax import discriminators as D
 from helpers import DISCRIMINATOR_GOLDEN, seeded_release_weights
-from sfmnet_jax import cpu_kernels, layers, release_weights, spectral
+from sfmnet_jax import cpu_kernels, layers, ops, release_weights, spectral
 from sfmnet_jax.blocks import ChannelAttention
 from sfmnet_jax.layers import abstract_variables
 
@@ -338,7 +338,7 @@ def test_depthwise_conv_and_its_gradient_equal_xla_grouped_conv():
                                         dimension_numbers=("NHWC", "HWIO", "NHWC"),
                                         feature_group_count=5)
 
-  y, vjp = jax.vjp(layers.depthwise3x3, x, k)
+  y, vjp = jax.vjp(ops.depthwise3x3, x, k)
   y_ref, vjp_ref = jax.vjp(grouped, x, k)
   np.testing.assert_allclose(y, y_ref, atol=1e-5)
   for got, want in zip(vjp(g), vjp_ref(g)):

@@ -322,8 +322,7 @@ ffi::Error PointwiseKernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   const auto gd = g.dimensions();
   const auto od = out->dimensions();
   const bool per_image = od.size() == 3;
-  if (!SameImages(xd, gd) || (od.size() != 2 && !(per_image && od[0] == xd[0])) ||
-      od[od.size() - 2] != xd[3] || od[od.size() - 1] != gd[3])
+  if (!SameImages(xd, gd) || !SharedOrPerImage(od, xd[0], xd[3], gd[3]))
     return ffi::Error::InvalidArgument(
         "sfmnet_conv1x1_kernel_grad: x (N, H, W, Ci), g (N, H, W, Co) -> (Ci, Co) or "
         "(N, Ci, Co)");

@@ -320,8 +320,7 @@ ffi::Error Pointwise(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<
                      ffi::ResultBuffer<ffi::F32> out) {
   const auto xd = x.dimensions(), kd = k.dimensions(), od = out->dimensions();
   const bool per_image = kd.size() == 3;
-  if (!SameImages(xd, od) || (kd.size() != 2 && !(per_image && kd[0] == xd[0])) ||
-      kd[kd.size() - 2] != xd[3] || kd[kd.size() - 1] != od[3])
+  if (!SameImages(xd, od) || !SharedOrPerImage(kd, xd[0], xd[3], od[3]))
     return ffi::Error::InvalidArgument(
         "sfmnet_conv1x1: x (N, H, W, Ci), k (Ci, Co) or (N, Ci, Co) -> (N, H, W, Co)");
   const Dims s{xd[0], xd[1], xd[2], xd[3], od[3], (od[3] + kBlock - 1) / kBlock};

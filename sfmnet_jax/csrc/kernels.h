@@ -125,6 +125,13 @@ bool SameImages(const Dims& a, const Dims& b) {
   return a.size() == 4 && b.size() == 4 && a[0] == b[0] && a[1] == b[1] && a[2] == b[2];
 }
 
+// A (rows, cols) matrix shared by all n images, or one per image: (n, rows, cols).
+template <typename Dims>
+bool SharedOrPerImage(const Dims& d, long n, long rows, long cols) {
+  return (d.size() == 2 || (d.size() == 3 && d[0] == n)) && d[d.size() - 2] == rows &&
+         d[d.size() - 1] == cols;
+}
+
 }  // namespace sfmnet
 
 // Handlers take (x, second operand) and return one buffer, with XLA's thread pool.
