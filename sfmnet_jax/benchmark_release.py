@@ -89,7 +89,7 @@ def time_release(two_branch, torch, width, repeats, train_batch=8, batch_sizes=(
     loss.backward()
     opt.step()
 
-  out[f"psnr_step_b{train_batch}"], _ = _median_time(step, max(2, repeats // 2), sync)
+  out[f"psnr_step_b{train_batch}"], _ = _median_time(step, max(3, repeats), sync)
   out["device"] = torch.cuda.get_device_name() if device == "cuda" else "cpu"
   return out
 
@@ -108,7 +108,7 @@ def time_port(width, repeats, train_batch=8, batch_sizes=(1, 8), conv_algorithm=
   for b in batch_sizes:
     row = bm.forward(model, params, b, (128, 128), repeats)
     out[row["name"]], compile_s[row["name"]] = row["median_s"], row["compile_s"]
-  row = bm.train_step(cfg, train_batch, max(2, repeats // 2))
+  row = bm.train_step(cfg, train_batch, max(3, repeats))
   out[row["name"]], compile_s[row["name"]] = row["median_s"], row["compile_s"]
   return out, compile_s
 
