@@ -60,6 +60,12 @@ def _median_time(fn, repeats, sync=lambda: None):
   return statistics.median(times), times
 
 
+def step_repeats(repeats: int) -> int:
+  """Timed training steps per side: the same count for both, at least 3 (single steps vary
+  by up to 50% on shared CPUs)."""
+  return max(3, repeats)
+
+
 def time_release(two_branch, torch, width, repeats, train_batch=8, batch_sizes=(1, 8)):
   args = types.SimpleNamespace(num_features=width, base_num_every_group=2, num_channels=3,
                                act="PReLU")
@@ -89,7 +95,7 @@ def time_release(two_branch, torch, width, repeats, train_batch=8, batch_sizes=(
     loss.backward()
     opt.step()
 
-  out[f"psnr_step_b{train_batch}"], _ = _median_time(step, max(3, repeats), sync)
+  out[f"psnr_step_b{train_batch}"], _ = _median_time(step, step_repeats(repeats), sync)
   out["device"] = torch.cuda.get_device_name() if device == "cuda" else "cpu"
   return out
 
@@ -108,7 +114,7 @@ def time_port(width, repeats, train_batch=8, batch_sizes=(1, 8), conv_algorithm=
   for b in batch_sizes:
     row = bm.forward(model, params, b, (128, 128), repeats)
     out[row["name"]], compile_s[row["name"]] = row["median_s"], row["compile_s"]
-  row = bm.train_step(cfg, train_batch, max(3, repeats))
+  row = bm.train_step(cfg, train_batch, step_repeats(repeats))
   out[row["name"]], compile_s[row["name"]] = row["median_s"], row["compile_s"]
   return out, compile_s
 

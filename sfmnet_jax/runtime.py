@@ -77,19 +77,20 @@ def _glibc_at_least(major_minor) -> bool:
     return False
 
 
-def hugepage_tunables(environ=os.environ):
+def malloc_tunables(environ=os.environ):
   """The GLIBC_TUNABLES value that asks malloc for huge pages (and, with SFMNET_MALLOC_KEEP=1,
-  to keep freed memory), or None when nothing is needed or possible."""
+  to keep freed memory), or None when nothing is needed or possible. A tunable already
+  in GLIBC_TUNABLES (the user's, or this process's before re-executing) is left as it is."""
   if platform.system() != "Linux":
     return None
   current = environ.get("GLIBC_TUNABLES", "")
-  extra = []
-  if (environ.get("SFMNET_HUGEPAGES", "1") != "0" and "glibc.malloc.hugetlb" not in current
-      and _thp_mode() == "madvise" and _glibc_at_least((2, 35))):
-    extra.append(HUGEPAGE_TUNABLE)  # not needed when the kernel gives huge pages unasked
-  if (environ.get("SFMNET_MALLOC_KEEP", "0") == "1" and "glibc.malloc.mmap_max" not in current
-      and _glibc_at_least((2, 26))):
-    extra.extend(KEEP_FREED_TUNABLES)
+  wanted = []
+  if (environ.get("SFMNET_HUGEPAGES", "1") != "0" and _thp_mode() == "madvise"
+      and _glibc_at_least((2, 35))):
+    wanted.append(HUGEPAGE_TUNABLE)  # not needed when the kernel gives huge pages unasked
+  if environ.get("SFMNET_MALLOC_KEEP", "0") == "1" and _glibc_at_least((2, 26)):
+    wanted.extend(KEEP_FREED_TUNABLES)
+  extra = [t for t in wanted if t.split("=")[0] + "=" not in current]
   if not extra:
     return None
   return ":".join([current, *extra] if current else extra)
@@ -97,7 +98,7 @@ def hugepage_tunables(environ=os.environ):
 
 def use_transparent_hugepages(environ=os.environ) -> None:
   """Re-executes this process with the malloc tunables above (once; see above)."""
-  tunables = hugepage_tunables(environ)
+  tunables = malloc_tunables(environ)
   if tunables is None:
     return
   environ["GLIBC_TUNABLES"] = tunables

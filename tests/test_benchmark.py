@@ -35,41 +35,46 @@ def test_importing_the_package_sets_no_xla_flags():
   assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
 
 
-def test_hugepage_tunables(monkeypatch):
+def test_malloc_tunables(monkeypatch):
   monkeypatch.setattr(runtime.platform, "system", lambda: "Linux")
   monkeypatch.setattr(runtime.platform, "libc_ver", lambda: ("glibc", "2.36"))
   monkeypatch.setattr(runtime, "_thp_mode", lambda: "madvise")
-  assert runtime.hugepage_tunables({}) == "glibc.malloc.hugetlb=1"
-  assert runtime.hugepage_tunables({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}) == \
+  assert runtime.malloc_tunables({}) == "glibc.malloc.hugetlb=1"
+  assert runtime.malloc_tunables({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}) == \
       "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"
-  assert runtime.hugepage_tunables({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}) is None
-  assert runtime.hugepage_tunables({"SFMNET_HUGEPAGES": "0"}) is None
+  assert runtime.malloc_tunables({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}) is None
+  assert runtime.malloc_tunables({"SFMNET_HUGEPAGES": "0"}) is None
   monkeypatch.setattr(runtime.platform, "libc_ver", lambda: ("glibc", "2.31"))
-  assert runtime.hugepage_tunables({}) is None  # the tunable needs glibc 2.35
+  assert runtime.malloc_tunables({}) is None  # the tunable needs glibc 2.35
   monkeypatch.setattr(runtime.platform, "libc_ver", lambda: ("glibc", "2.36"))
   monkeypatch.setattr(runtime, "_thp_mode", lambda: "always")  # no need to ask
-  assert runtime.hugepage_tunables({}) is None
+  assert runtime.malloc_tunables({}) is None
   keep = ":".join(runtime.KEEP_FREED_TUNABLES)
   assert keep == ("glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:"
                   "glibc.malloc.trim_threshold=68719476736")
-  assert runtime.hugepage_tunables({"SFMNET_MALLOC_KEEP": "1"}) == keep
+  assert runtime.malloc_tunables({"SFMNET_MALLOC_KEEP": "1"}) == keep
   monkeypatch.setattr(runtime, "_thp_mode", lambda: "madvise")
-  assert runtime.hugepage_tunables({"SFMNET_MALLOC_KEEP": "1"}) == "glibc.malloc.hugetlb=1:" + keep
-  assert runtime.hugepage_tunables({"SFMNET_MALLOC_KEEP": "1", "SFMNET_HUGEPAGES": "0",
+  assert runtime.malloc_tunables({"SFMNET_MALLOC_KEEP": "1"}) == "glibc.malloc.hugetlb=1:" + keep
+  assert runtime.malloc_tunables({"SFMNET_MALLOC_KEEP": "1", "SFMNET_HUGEPAGES": "0",
                                     "GLIBC_TUNABLES": "glibc.malloc.tcache_count=0"}) == \
       "glibc.malloc.tcache_count=0:" + keep
   # After the re-execution both are set: nothing more to do (no second re-execution).
-  assert runtime.hugepage_tunables({"SFMNET_MALLOC_KEEP": "1",
+  assert runtime.malloc_tunables({"SFMNET_MALLOC_KEEP": "1",
                                     "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1:" + keep}) is None
+  # The user's own value of one of them wins; the others are added.
+  assert runtime.malloc_tunables({"SFMNET_MALLOC_KEEP": "1",
+                                  "GLIBC_TUNABLES": "glibc.malloc.arena_max=4"}) == \
+      ("glibc.malloc.arena_max=4:glibc.malloc.hugetlb=1:glibc.malloc.mmap_max=0:"
+       "glibc.malloc.trim_threshold=68719476736")
   monkeypatch.setattr(runtime.platform, "libc_ver", lambda: ("glibc", "2.17"))
-  assert runtime.hugepage_tunables({"SFMNET_MALLOC_KEEP": "1"}) is None
+  assert runtime.malloc_tunables({"SFMNET_MALLOC_KEEP": "1"}) is None
 
 
 def test_kept_memory_tunables_stop_page_faults_in_a_child():
   """A child re-executed with SFMNET_MALLOC_KEEP=1 allocates and frees a 256 MiB buffer twice:
   the second round takes no page faults (glibc kept the memory); without it, glibc unmaps
   the buffer and the second round faults every page in again."""
-  if runtime.hugepage_tunables({"SFMNET_MALLOC_KEEP": "1", "SFMNET_HUGEPAGES": "0"}) is None:
+  if runtime.malloc_tunables({"SFMNET_MALLOC_KEEP": "1", "SFMNET_HUGEPAGES": "0"}) is None:
     pytest.skip("needs Linux with glibc >= 2.26")
   code = ("import ctypes, resource\n"
           "from sfmnet_jax import runtime\n"
