@@ -14,7 +14,7 @@ metrics.json, the SR images and a grid to --output_dir.
 
 from sfmnet_jax import runtime
 
-runtime.prepare_process()  # before JAX starts: huge pages, XLA flags (see runtime.py)
+runtime.prepare_process()  # before JAX starts: memory settings, XLA flags (see runtime.py)
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import os  # noqa: E402

@@ -12,7 +12,7 @@ the compile. A SIGTERM'd run writes a checkpoint and exits with code 143.
 
 from sfmnet_jax import runtime
 
-runtime.prepare_process()  # before JAX starts: huge pages, XLA flags (see runtime.py)
+runtime.prepare_process()  # before JAX starts: memory settings, XLA flags (see runtime.py)
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import os  # noqa: E402

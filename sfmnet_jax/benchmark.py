@@ -28,7 +28,7 @@ Results go to benchmark_results/<name>.json (or --output).
 from sfmnet_jax import runtime
 
 if __name__ == "__main__":
-  runtime.prepare_process()  # before JAX starts: huge pages, XLA flags (see runtime.py)
+  runtime.prepare_process()  # before JAX starts: memory settings, XLA flags (see runtime.py)
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import json  # noqa: E402

@@ -18,6 +18,9 @@ from sfmnet_jax import cpu_kernels
 # The release's generator, C=64, 128x128 (analytic count of its convolutions,
 # attention and FFT products): the figure the PyTorch timings refer to.
 RELEASE_GFLOP_PER_IMAGE = 61.4
+# Untimed train steps first: the first compiles nothing but faults its buffers in; the
+# second may too (the block cache's second block, while the first step's is still live).
+WARMUP_STEPS = 2
 
 
 def time_calls(fn, args, repeats):
@@ -136,13 +139,13 @@ def train_step(config, batch, repeats):
   flops, memory = _cost(compiled)
   step = stepper(compiled, args)
   times = []  # not time_calls: each call consumes the state
-  for _ in range(repeats + 1):  # the first call warms up caches and allocators
+  for _ in range(WARMUP_STEPS + repeats):
     t0 = time.perf_counter()
     metrics = step()
     times.append(time.perf_counter() - t0)
   if not float(np.asarray(metrics["finite"]).min()):
     raise RuntimeError(f"{config.stage} step produced a non-finite loss")
-  row = _summary(f"{config.stage}_step_b{batch}", batch, compile_s, times[1:],
+  row = _summary(f"{config.stage}_step_b{batch}", batch, compile_s, times[WARMUP_STEPS:],
                  flops * n if flops else None)
   row["memory"] = memory
   return row

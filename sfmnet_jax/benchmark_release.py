@@ -48,9 +48,10 @@ def load_release_generator(release_dir: str):
   raise ReleaseUnavailable(f"{release_dir}: no model/mynet.py or models/mynet.py. {HOW_TO_GET}")
 
 
-def _median_time(fn, repeats, sync=lambda: None):
-  fn()  # warm-up
-  sync()
+def _median_time(fn, repeats, sync=lambda: None, warmup=1):
+  for _ in range(warmup):
+    fn()
+    sync()
   times = []
   for _ in range(repeats):
     t0 = time.perf_counter()
@@ -66,7 +67,8 @@ def step_repeats(repeats: int) -> int:
   return max(3, repeats)
 
 
-def time_release(two_branch, torch, width, repeats, train_batch=8, batch_sizes=(1, 8)):
+def time_release(two_branch, torch, width, repeats, train_batch=8, batch_sizes=(1, 8),
+                 warmup_steps=2):
   args = types.SimpleNamespace(num_features=width, base_num_every_group=2, num_channels=3,
                                act="PReLU")
   torch.manual_seed(0)
@@ -95,7 +97,8 @@ def time_release(two_branch, torch, width, repeats, train_batch=8, batch_sizes=(
     loss.backward()
     opt.step()
 
-  out[f"psnr_step_b{train_batch}"], _ = _median_time(step, step_repeats(repeats), sync)
+  out[f"psnr_step_b{train_batch}"], _ = _median_time(step, step_repeats(repeats), sync,
+                                                     warmup=warmup_steps)
   out["device"] = torch.cuda.get_device_name() if device == "cuda" else "cpu"
   return out
 
@@ -119,18 +122,18 @@ def time_port(width, repeats, train_batch=8, batch_sizes=(1, 8), conv_algorithm=
   return out, compile_s
 
 
-def _release_child(release_dir, width, repeats, queue):
+def _release_child(release_dir, width, repeats, warmup_steps, queue):
   two_branch, torch = load_release_generator(release_dir)
-  queue.put(time_release(two_branch, torch, width, repeats))
+  queue.put(time_release(two_branch, torch, width, repeats, warmup_steps=warmup_steps))
 
 
-def time_release_apart(release_dir, width, repeats):
+def time_release_apart(release_dir, width, repeats, warmup_steps):
   """`time_release` in a child process of this run: neither framework's threads or memory
   pools disturb the other's timings."""
   import multiprocessing  # pylint: disable=g-import-not-at-top
   ctx = multiprocessing.get_context("spawn")
   queue = ctx.Queue()
-  child = ctx.Process(target=_release_child, args=(release_dir, width, repeats, queue))
+  child = ctx.Process(target=_release_child, args=(release_dir, width, repeats, warmup_steps, queue))
   child.start()
   result = queue.get()
   child.join()
@@ -142,7 +145,7 @@ def compare(release_dir, widths, repeats, conv_algorithms=("auto",)):
 
   The port is timed once per entry of `conv_algorithms` (its model.conv_algorithm).
   """
-  from sfmnet_jax import runtime  # pylint: disable=g-import-not-at-top
+  from sfmnet_jax import benchmark_model, runtime  # pylint: disable=g-import-not-at-top
   _, torch = load_release_generator(release_dir)  # fails early, with instructions
   info = runtime.machine_info()
   info["torch"], info["torch_threads"] = torch.__version__, torch.get_num_threads()
@@ -150,7 +153,7 @@ def compare(release_dir, widths, repeats, conv_algorithms=("auto",)):
         f"on {info['cpu']} ({os.cpu_count()} cores; {info['cpu_vector_extensions']})")
   rows = []
   for width in widths:
-    release = time_release_apart(release_dir, width, repeats)
+    release = time_release_apart(release_dir, width, repeats, benchmark_model.WARMUP_STEPS)
     release_device = release.pop("device")
     for algorithm in conv_algorithms:
       port, compile_s = time_port(width, repeats, conv_algorithm=algorithm)

@@ -37,19 +37,15 @@ import contextlib
 import contextvars
 import ctypes
 import functools
-import hashlib
 import logging
 import os
 import re
-import shutil
-import subprocess
-import tempfile
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sfmnet_jax import runtime
+from sfmnet_jax import native, runtime
 
 CSRC = os.path.join(os.path.dirname(__file__), "csrc")
 SOURCES = tuple(os.path.join(CSRC, f) for f in ("convs.cc", "conv_grads.cc"))
@@ -78,44 +74,21 @@ def enabled(environ=os.environ) -> bool:
   return environ.get("SFMNET_CPU_KERNELS", "1") != "0"
 
 
-def compiler(environ=os.environ):
-  """The C++ compiler to use: $CXX, else the first of c++, g++, clang++ on PATH (or None)."""
-  if environ.get("CXX"):
-    return shutil.which(environ["CXX"])
-  return next((p for p in map(shutil.which, ("c++", "g++", "clang++")) if p), None)
-
-
 def library_path(cache_dir=CACHE_DIR) -> str:
   """Where the built library lies for this source, jaxlib and CPU."""
   import jaxlib  # pylint: disable=g-import-not-at-top
-  key = hashlib.sha256()
-  for name in SOURCES + HEADERS:
-    with open(name, "rb") as f:
-      key.update(f.read())
-  for part in (jaxlib.__version__, runtime.cpu_name(), runtime.cpu_vector_extensions(),
-               " ".join(FLAGS)):
-    key.update(part.encode())
-  return os.path.join(cache_dir, f"conv3x3_{key.hexdigest()[:16]}.so")
+  key = native.source_key(SOURCES + HEADERS, jaxlib.__version__, runtime.cpu_name(),
+                          runtime.cpu_vector_extensions(), " ".join(FLAGS))
+  return os.path.join(cache_dir, f"conv3x3_{key}.so")
 
 
 def build(path: str, environ=os.environ) -> str:
   """Compiles SOURCES into `path` (written atomically; concurrent builds are safe)."""
-  cxx = compiler(environ)
-  if cxx is None:
-    raise KernelUnavailable("no C++ compiler found (set $CXX or install g++)")
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  fd, tmp = tempfile.mkstemp(suffix=".so", dir=os.path.dirname(path))
-  os.close(fd)
-  cmd = [cxx, *FLAGS, "-I", jax.ffi.include_dir(), *SOURCES, "-o", tmp]
   try:
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-      raise KernelUnavailable(f"{' '.join(cmd)} failed:\n{done.stderr[-2000:]}")
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-  return path
+    return native.compile_library(SOURCES, path, [*FLAGS, "-I", jax.ffi.include_dir()],
+                                  environ)
+  except native.BuildError as e:
+    raise KernelUnavailable(str(e)) from e
 
 
 def _load(cache_dir: str) -> str:

@@ -24,7 +24,7 @@ crop to a square, PIL-bicubic to the LR size. Unreadable files and photos over
 from sfmnet_jax import runtime
 
 if __name__ == "__main__":
-  runtime.prepare_process()  # before JAX starts: huge pages, XLA flags (see runtime.py)
+  runtime.prepare_process()  # before JAX starts: memory settings, XLA flags (see runtime.py)
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import json  # noqa: E402

@@ -16,22 +16,19 @@ It does three things, each measured to leave the golden vector unchanged:
      gradients for a 3x3 64->64 conv at 8x128x128 on a 2-core AVX2 CPU).
      A flag the user set in `XLA_FLAGS` wins; `SFMNET_XLA_FLAGS=0` turns it off.
      GPU and TPU backends ignore XLA:CPU flags.
-  2. `use_transparent_hugepages()`: on Linux with transparent huge pages in
-     `madvise` mode, re-executes the process once with
-     `GLIBC_TUNABLES=glibc.malloc.hugetlb=1`, so that XLA:CPU's large buffers
-     get 2 MiB pages. The backward pass transposes activations with a stride of
-     one image per element; with 4 KiB pages every such read misses the TLB.
-     A C=16 training step took 4.6 s without and 3.5 s with it (same machine,
-     same hour). `SFMNET_HUGEPAGES=0` turns it off.
-     With `SFMNET_MALLOC_KEEP=1` it also asks malloc to keep freed memory
-     (one arena, no mmap-ed chunks, no trimming). glibc otherwise returns
-     XLA's per-step temp buffer (1.3 GB for a C=16, batch-8 step) to the
-     kernel when the step ends, and the next step faults it in again page by
-     page: ~0.4 s of system time per 1.6-1.9 s step on a 2-core AVX2 CPU.
-     Kept, the step spends ~0.03 s in the kernel. The cost is memory: the
-     heap grows to ~2.3x the process's peak (3.1 -> 7.1 GB at C=16), because
-     one step's temp buffer is freed just after the next one is allocated
-     and the holes fragment. Off by default.
+  2. `apply_memory_settings()`: on Linux, re-executes the process once with
+     - `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` (where transparent huge pages
+       are in `madvise` mode), so that XLA:CPU's buffers get 2 MiB pages. The
+       backward pass transposes activations with a stride of one image per
+       element; with 4 KiB pages every such read misses the TLB. A C=16
+       training step took 4.6 s without and 3.5 s with it (same machine, same
+       hour). `SFMNET_HUGEPAGES=0` turns it off.
+     - `LD_PRELOAD` of the large-block cache (`block_cache.py`, glibc only):
+       XLA:CPU's per-step temp buffer (1.3 GB for a C=16, batch-8 step) is
+       kept resident between steps instead of being unmapped and faulted in
+       again page by page (C=16 step on a 2-core AVX2 CPU: ~15-25% faster),
+       at the cost of one more temp buffer resident between steps (at most an
+       quarter of physical memory). `SFMNET_BLOCK_CACHE=0` turns it off.
   3. `enable_compilation_cache(path)`: JAX's persistent compilation cache, so
      that a second run skips the minutes XLA:CPU spends compiling a train step.
 """
@@ -41,11 +38,10 @@ import os
 import platform
 import sys
 
+from sfmnet_jax import block_cache
+
 CPU_FLAGS = {"xla_cpu_experimental_ynn_fusion_type": "individual_dot"}
 HUGEPAGE_TUNABLE = "glibc.malloc.hugetlb=1"
-# One arena, no mmap-ed chunks, no trimming: freed buffers stay in the process.
-KEEP_FREED_TUNABLES = ("glibc.malloc.arena_max=1", "glibc.malloc.mmap_max=0",
-                       "glibc.malloc.trim_threshold=68719476736")
 DEFAULT_CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "sfmnet_jax", "xla")
 
 
@@ -78,30 +74,38 @@ def _glibc_at_least(major_minor) -> bool:
 
 
 def malloc_tunables(environ=os.environ):
-  """The GLIBC_TUNABLES value that asks malloc for huge pages (and, with SFMNET_MALLOC_KEEP=1,
-  to keep freed memory), or None when nothing is needed or possible. A tunable already
-  in GLIBC_TUNABLES (the user's, or this process's before re-executing) is left as it is."""
+  """The GLIBC_TUNABLES value that asks malloc for huge pages, or None when nothing is needed
+  or possible (a hugetlb tunable the user set, or this process before re-executing, wins)."""
   if platform.system() != "Linux":
     return None
   current = environ.get("GLIBC_TUNABLES", "")
-  wanted = []
-  if (environ.get("SFMNET_HUGEPAGES", "1") != "0" and _thp_mode() == "madvise"
-      and _glibc_at_least((2, 35))):
-    wanted.append(HUGEPAGE_TUNABLE)  # not needed when the kernel gives huge pages unasked
-  if environ.get("SFMNET_MALLOC_KEEP", "0") == "1" and _glibc_at_least((2, 26)):
-    wanted.extend(KEEP_FREED_TUNABLES)
-  extra = [t for t in wanted if t.split("=")[0] + "=" not in current]
-  if not extra:
-    return None
-  return ":".join([current, *extra] if current else extra)
+  if (environ.get("SFMNET_HUGEPAGES", "1") == "0" or _thp_mode() != "madvise"
+      or not _glibc_at_least((2, 35)) or "glibc.malloc.hugetlb=" in current):
+    return None  # not needed where the kernel gives huge pages unasked
+  return f"{current}:{HUGEPAGE_TUNABLE}" if current else HUGEPAGE_TUNABLE
 
 
-def use_transparent_hugepages(environ=os.environ) -> None:
-  """Re-executes this process with the malloc tunables above (once; see above)."""
+def memory_environment(environ=os.environ) -> dict:
+  """The environment variables to change before JAX starts: GLIBC_TUNABLES for huge pages
+  and LD_PRELOAD for the large-block cache (built now if needed); {} when none."""
+  changes = {}
   tunables = malloc_tunables(environ)
-  if tunables is None:
+  if tunables is not None:
+    changes["GLIBC_TUNABLES"] = tunables
+  if block_cache.enabled(environ):
+    path = block_cache.ensure_built()
+    preload = path and block_cache.preload_value(path, environ)
+    if preload:
+      changes["LD_PRELOAD"] = preload
+  return changes
+
+
+def apply_memory_settings(environ=os.environ) -> None:
+  """Re-executes this process with `memory_environment()` (once; see above)."""
+  changes = memory_environment(environ)
+  if not changes:
     return
-  environ["GLIBC_TUNABLES"] = tunables
+  environ.update(changes)
   sys.stdout.flush()
   sys.stderr.flush()
   os.execv(sys.executable, list(getattr(sys, "orig_argv", [sys.executable, *sys.argv])))
@@ -120,8 +124,8 @@ def enable_compilation_cache(path=DEFAULT_CACHE_DIR) -> None:
 
 
 def prepare_process() -> None:
-  """What every entry point runs first, before JAX starts: huge pages, then XLA flags."""
-  use_transparent_hugepages()
+  """What every entry point runs first, before JAX starts: memory settings, then XLA flags."""
+  apply_memory_settings()
   configure_xla_flags()
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
