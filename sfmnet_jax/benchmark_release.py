@@ -67,8 +67,8 @@ def step_repeats(repeats: int) -> int:
   return max(3, repeats)
 
 
-def time_release(two_branch, torch, width, repeats, train_batch=8, batch_sizes=(1, 8),
-                 warmup_steps=2):
+def time_release(two_branch, torch, width, repeats, warmup_steps, train_batch=8,
+                 batch_sizes=(1, 8)):
   args = types.SimpleNamespace(num_features=width, base_num_every_group=2, num_channels=3,
                                act="PReLU")
   torch.manual_seed(0)
@@ -124,7 +124,7 @@ def time_port(width, repeats, train_batch=8, batch_sizes=(1, 8), conv_algorithm=
 
 def _release_child(release_dir, width, repeats, warmup_steps, queue):
   two_branch, torch = load_release_generator(release_dir)
-  queue.put(time_release(two_branch, torch, width, repeats, warmup_steps=warmup_steps))
+  queue.put(time_release(two_branch, torch, width, repeats, warmup_steps))
 
 
 def time_release_apart(release_dir, width, repeats, warmup_steps):

@@ -15,7 +15,8 @@ to the kernel, oldest first, beyond that and beyond
 `SFMNET_BLOCK_CACHE_KEEP_MB` (default: a quarter of physical memory; on a
 24 GB machine both temp buffers of a C=32 step, 2.75 GB each, stay warm, and
 one of a C=64 step's). A train loop needs two: the next step allocates its
-buffer before the previous one's is freed. Everything else goes to glibc.
+buffer before the previous one's is freed. Everything else goes to the next
+allocator (glibc's, or one preloaded after this library).
 
 `runtime.prepare_process()` builds it (`~/.cache/sfmnet_jax/native/`, with
 the machine's C++ compiler) and re-executes the process with it preloaded, on
@@ -79,7 +80,8 @@ def loaded() -> bool:
 
 def stats():
   """The cache's counters (STATS: requests served, reused warm blocks, fresh ones, evicted
-  ones, fallbacks to glibc; live, warm and peak bytes; the limit on warm bytes), or None where it is not loaded."""
+  ones, fallbacks to the next allocator; live, warm and peak bytes; the limit on warm
+  bytes), or None where it is not loaded."""
   fn = _stats_function()
   if fn is None:
     return None
@@ -89,9 +91,9 @@ def stats():
 
 
 def preload_value(path: str, environ=os.environ):
-  """LD_PRELOAD with `path` in front, or None when the cache is loaded, or was asked for
-  and did not load (so that a failing preload cannot make the process re-execute forever)."""
+  """LD_PRELOAD with `path` in front, or None when `path` is listed there already: a
+  preload that was asked for and did not load cannot make the process re-execute forever."""
   current = environ.get("LD_PRELOAD", "")
-  if loaded() or path in current.replace(":", " ").split():
+  if path in current.replace(":", " ").split():
     return None
   return f"{path} {current}".strip()

@@ -92,7 +92,7 @@ def memory_environment(environ=os.environ) -> dict:
   tunables = malloc_tunables(environ)
   if tunables is not None:
     changes["GLIBC_TUNABLES"] = tunables
-  if block_cache.enabled(environ):
+  if block_cache.enabled(environ) and not block_cache.loaded():  # not after re-executing
     path = block_cache.ensure_built()
     preload = path and block_cache.preload_value(path, environ)
     if preload:

@@ -14,8 +14,9 @@
 // without faults. Warm blocks are returned to the kernel (MADV_DONTNEED,
 // oldest first) whenever the warm and live blocks together would exceed the
 // most ever live at once, or the warm ones alone SFMNET_BLOCK_CACHE_KEEP_MB
-// (a quarter of physical memory by default). Everything else (small blocks, malloc, frees of other
-// blocks) goes to the next allocator (glibc's, or one preloaded after this).
+// (a quarter of physical memory by default). Everything else (small blocks,
+// malloc, frees of other blocks) goes to the next allocator (glibc's, or one
+// preloaded after this).
 // As it loads, the library removes itself from LD_PRELOAD, so that child
 // processes do not inherit it.
 
@@ -56,6 +57,8 @@ void Next(Fn* fn, const char* name) {
 constexpr size_t kMiB = size_t{1} << 20;
 constexpr size_t kGrain = 2 * kMiB;  // block alignment and size unit (a huge page)
 constexpr int kMaxBlocks = 512;
+
+constexpr uintptr_t RoundUp(uintptr_t n) { return (n + kGrain - 1) / kGrain * kGrain; }
 
 enum State { kFree, kLive, kWarm, kCold };
 
@@ -137,11 +140,11 @@ __attribute__((constructor)) void Init() {
   // accessible as they are carved. 4x physical memory, at most 1 TiB.
   size_t span = memory ? 4 * memory : 64ull << 30;
   if (span > (1ull << 40)) span = 1ull << 40;
-  span = (span + kGrain - 1) / kGrain * kGrain;
+  span = RoundUp(span);
   void* p = mmap(nullptr, span + kGrain, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
                  -1, 0);
   if (p == MAP_FAILED) return;
-  const uintptr_t base = (reinterpret_cast<uintptr_t>(p) + kGrain - 1) / kGrain * kGrain;
+  const uintptr_t base = RoundUp(reinterpret_cast<uintptr_t>(p));
   const char* huge = getenv("SFMNET_HUGEPAGES");
   if (!(huge && strcmp(huge, "0") == 0))
     madvise(reinterpret_cast<void*>(base), span, MADV_HUGEPAGE);  // best effort
@@ -226,7 +229,7 @@ Block* Take(size_t size) {
 
 void* Allocate(size_t alignment, size_t size) {
   if (g_span == 0 || size < g_min || alignment > kGrain) return nullptr;
-  const size_t rounded = (size + kGrain - 1) / kGrain * kGrain;
+  const size_t rounded = RoundUp(size);
   pthread_mutex_lock(&g_lock);
   ++g_stats.requests;
   Block* b = Take(rounded);
@@ -277,15 +280,10 @@ extern "C" {
 
 __attribute__((visibility("default"))) int posix_memalign(void** out, size_t alignment,
                                                           size_t size) {
-  if (alignment >= sizeof(void*) && (alignment & (alignment - 1)) == 0) {
-    if (void* p = Allocate(alignment, size)) {
-      *out = p;
-      return 0;
-    }
-  }
-  if (g_next_posix_memalign) return g_next_posix_memalign(out, alignment, size);
   if (alignment < sizeof(void*) || (alignment & (alignment - 1)) != 0) return EINVAL;
-  void* p = __libc_memalign(alignment, size);
+  void* p = Allocate(alignment, size);
+  if (!p && g_next_posix_memalign) return g_next_posix_memalign(out, alignment, size);
+  if (!p) p = __libc_memalign(alignment, size);
   if (!p) return ENOMEM;
   *out = p;
   return 0;
