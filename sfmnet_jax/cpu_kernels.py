@@ -2,8 +2,8 @@
 
 `csrc/convs.cc` computes the convolutions themselves (NHWC, float32, on
 XLA's own thread pool, rows split across threads):
-- dense 3x3 convs directly, with a 6 x 16 register tile over all 9 * Ci
-  products (the default: the release's numbers), or, under
+- dense 3x3 convs directly, with a 6 x 16 register tile (16 x 16 with
+  AVX-512) over all 9 * Ci products (the default: the release's numbers), or, under
   `conv_algorithm("winograd")` and where Ci and Co are multiples of 8, by
   Winograd's F(2x2, 3x3) (16 products per 2x2 output tile instead of 36); the
   input gradient is the same conv of the output gradient with the flipped,
@@ -25,9 +25,15 @@ does not depend on the thread count; the same chunked sums give bias
 gradients (per-channel sums) and the attention's per-image q^T k.
 
 The sources are compiled on first use with the machine's C++ compiler
-(`$CXX`, else `c++`/`g++`/`clang++`, `-O3 -march=native`) against the FFI
-headers that jaxlib installs, into `~/.cache/sfmnet_jax/kernels/` (keyed by
-the sources, jaxlib's version and the CPU), and loaded from there afterwards.
+(`$CXX`, else `c++`/`g++`/`clang++`, `-O3 -march=native`, then any flags in
+`$SFMNET_CPU_KERNELS_FLAGS`) against the FFI headers that jaxlib installs, into
+`~/.cache/sfmnet_jax/kernels/` (keyed by the sources, jaxlib's version, the
+CPU and the flags), and loaded from there afterwards. Where the compiler
+targets AVX-512, the GEMM tiles hold 16 rows of one 16-lane vector and the
+Winograd transforms and depthwise loops take 16 channels at a time (8 on AVX2):
+every output is summed over the same products in the same order, so both
+builds give the same bits (`SFMNET_CPU_KERNELS_FLAGS=-mno-avx512f` builds the
+AVX2 kernels on an AVX-512 CPU; a test compares them).
 Where that is impossible (no compiler, another platform) XLA's ops are used
 and one warning says why. `SFMNET_CPU_KERNELS=0` turns the kernels off.
 Only float32 on the CPU uses them; other dtypes and backends keep XLA's ops.
@@ -64,6 +70,9 @@ TARGETS = {"sfmnet_conv3x3": "SfmnetConv3x3",
 FORWARD_TARGETS = ("sfmnet_conv3x3", "sfmnet_conv3x3_winograd")
 CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "sfmnet_jax", "kernels")
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w")
+# Extra compiler flags, appended to FLAGS: e.g. `-mno-avx512f` builds the AVX2 kernels
+# (8-lane vectors, 6 x 16 register tiles) on an AVX-512 CPU, to compare the two.
+FLAGS_ENV = "SFMNET_CPU_KERNELS_FLAGS"
 
 
 class KernelUnavailable(RuntimeError):
@@ -74,18 +83,24 @@ def enabled(environ=os.environ) -> bool:
   return environ.get("SFMNET_CPU_KERNELS", "1") != "0"
 
 
-def library_path(cache_dir=CACHE_DIR) -> str:
-  """Where the built library lies for this source, jaxlib and CPU."""
+def compiler_flags(environ=os.environ) -> tuple:
+  """FLAGS and then those in $SFMNET_CPU_KERNELS_FLAGS."""
+  return FLAGS + tuple(environ.get(FLAGS_ENV, "").split())
+
+
+def library_path(cache_dir=CACHE_DIR, environ=os.environ) -> str:
+  """Where the built library lies for this source, jaxlib, CPU and compiler flags."""
   import jaxlib  # pylint: disable=g-import-not-at-top
   key = native.source_key(SOURCES + HEADERS, jaxlib.__version__, runtime.cpu_name(),
-                          runtime.cpu_vector_extensions(), " ".join(FLAGS))
+                          runtime.cpu_vector_extensions(), " ".join(compiler_flags(environ)))
   return os.path.join(cache_dir, f"conv3x3_{key}.so")
 
 
 def build(path: str, environ=os.environ) -> str:
   """Compiles SOURCES into `path` (written atomically; concurrent builds are safe)."""
   try:
-    return native.compile_library(SOURCES, path, [*FLAGS, "-I", jax.ffi.include_dir()],
+    return native.compile_library(SOURCES, path,
+                                  [*compiler_flags(environ), "-I", jax.ffi.include_dir()],
                                   environ)
   except native.BuildError as e:
     raise KernelUnavailable(str(e)) from e

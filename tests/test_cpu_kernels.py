@@ -12,7 +12,7 @@ import pytest
 
 import flax.linen as nn
 
-from sfmnet_jax import cpu_kernels, layers, ops
+from sfmnet_jax import cpu_kernels, layers, ops, runtime
 from sfmnet_jax.blocks import FuseBlock, ResidualGroup
 from sfmnet_jax.layers import abstract_variables, host_init
 
@@ -319,6 +319,51 @@ def test_block_gradients_equal_xla_gradients(tmp_path):
                                  err_msg=f"{name}: the reference itself is unstable here")
       np.testing.assert_allclose(g, ref[name], rtol=0, atol=tol * scale,
                                  err_msg=f"{algorithm}: {name}")
+
+
+def kernel_outputs(path=None):
+  """Every kernel on fixed inputs whose widths take 16-lane and 8-lane vectors and
+  register-tile tails (saved to `path` with the library's path)."""
+  rng = np.random.default_rng(11)
+  x = rng.standard_normal((2, 9, 37, 24)).astype(np.float32)
+  g = rng.standard_normal((2, 9, 37, 40)).astype(np.float32)
+  k = rng.standard_normal((3, 3, 24, 40)).astype(np.float32)
+  out = {"dw_k": rng.standard_normal((3, 3, 24)).astype(np.float32)}
+  for algorithm in ("direct", "winograd"):
+    out[f"conv_{algorithm}"] = cpu_kernels.conv3x3(x, k, algorithm)
+    out[f"kgrad_{algorithm}"] = cpu_kernels.conv3x3_kernel_grad(x, g, algorithm)
+  out["conv_rgb"] = cpu_kernels.conv3x3(x, k[..., :3], "direct")
+  out["kgrad_rgb"] = cpu_kernels.conv3x3_kernel_grad(x, g[..., :3], "direct")
+  out["conv1x1"] = cpu_kernels.conv1x1(x, k[0, 0])
+  out["conv1x1_kgrad"] = cpu_kernels.conv1x1_kernel_grad(x, g)
+  out["depthwise"], vjp = jax.vjp(ops.depthwise3x3, x, out["dw_k"])
+  out["depthwise_dx"], out["depthwise_dk"] = vjp(g[..., :24])
+  out = {name: np.asarray(v) for name, v in out.items()}
+  if path:
+    np.savez(path, library=np.array(cpu_kernels.library_path()), **out)
+  return out
+
+
+@pytest.mark.skipif("avx512f" not in runtime.cpu_vector_extensions().split(),
+                    reason="no AVX-512 here: both builds are the same AVX2 code")
+def test_avx512_and_avx2_builds_give_the_same_bits(tmp_path):
+  """The 16-lane kernels (16 x 16 register tiles) sum the same products in the same
+  order as the 8-lane ones (6 x 16): equal to the bit. The AVX2 build is made and
+  run in a subprocess ($SFMNET_CPU_KERNELS_FLAGS=-mno-avx512f)."""
+  out = tmp_path / "avx2.npz"
+  tests = os.path.dirname(os.path.abspath(__file__))
+  env = dict(os.environ, SFMNET_CPU_KERNELS_FLAGS="-mno-avx512f",
+             PYTHONPATH=os.pathsep.join([os.path.dirname(tests), tests]))
+  code = f"import test_cpu_kernels as t; t.kernel_outputs({str(out)!r})"
+  done = subprocess.run([sys.executable, "-c", code], env=env, cwd=os.path.dirname(tests),
+                        capture_output=True, text=True, timeout=600, check=False)
+  assert done.returncode == 0, done.stderr[-3000:]
+  avx2 = np.load(out)
+  assert str(avx2["library"]) != cpu_kernels.library_path()  # another build, not this one
+  got = kernel_outputs()
+  assert set(got) == set(avx2.files) - {"library"}
+  for name, value in got.items():
+    np.testing.assert_array_equal(value, avx2[name], err_msg=name)
 
 
 def test_missing_compiler_is_a_clear_error(tmp_path, monkeypatch):

@@ -9,8 +9,8 @@
 // produced x; those transposes read with a stride of one image and cost more
 // than the arithmetic. These handlers read x and g where they lie, one output
 // row at a time: dense, a GEMM per tap over the row's pixels with a 6 x 16
-// register tile, in blocks of 32 pixels that stay in L1; depthwise, nine
-// multiply-adds per pixel vectorised over channels.
+// register tile (16 x 16 with AVX-512), in blocks of 32 pixels that stay in L1;
+// depthwise, nine multiply-adds per pixel vectorised over channels.
 //
 // Deterministic: the rows are split into a fixed number of chunks (a function
 // of the shape only), each summed into its own buffer, and the buffers added in
@@ -28,42 +28,38 @@ namespace {
 constexpr long kPixelsPerBlock = 32;  // pixels of a row per register-tile pass
 constexpr long kMaxChunks = 16;       // partial sums; fixed, so results are reproducible
 
-// acc[r * ldc + d] += sum_k a[k * lda + r] * b[k * ldb + d] for r < MR, d < 8 * NV.
-template <int MR, int NV>
+// acc[r * ldc + d] += sum_k a[k * lda + r] * b[k * ldb + d] for r < MR, d < L * NV.
+template <int MR, int NV, typename V>
 inline void Tile(const float* a, long lda, const float* b, long ldb, long k_len,
                  float* acc, long ldc) {
-  v8 s[MR][NV];
+  constexpr int L = kLanes<V>;
+  V s[MR][NV];
   for (int r = 0; r < MR; ++r)
-    for (int v = 0; v < NV; ++v) s[r][v] = load(acc + r * ldc + 8 * v);
-  MultiplyAdd<MR, NV>(s, a, 1, lda, b, ldb, k_len);
+    for (int v = 0; v < NV; ++v) s[r][v] = Load<V>(acc + r * ldc + L * v);
+  MultiplyAdd(s, a, 1, lda, b, ldb, k_len);
   for (int r = 0; r < MR; ++r)
-    for (int v = 0; v < NV; ++v) store(acc + r * ldc + 8 * v, s[r][v]);
+    for (int v = 0; v < NV; ++v) store(acc + r * ldc + L * v, s[r][v]);
 }
 
-// The same over all m rows of a (in tiles of 6) for 8 * NV columns.
-template <int NV>
+// The same over all m rows of a (in register tiles of MR rows) for L * NV columns.
+template <int NV, typename V, int MR = kTileRows>
 inline void Panel(const float* a, long lda, const float* b, long ldb, long k_len,
                   float* acc, long ldc, long m) {
-  long r = 0;
-  for (; r + 6 <= m; r += 6) Tile<6, NV>(a + r, lda, b, ldb, k_len, acc + r * ldc, ldc);
-  const float* ar = a + r;
-  float* cr = acc + r * ldc;
-  switch (m - r) {
-    case 5: Tile<5, NV>(ar, lda, b, ldb, k_len, cr, ldc); break;
-    case 4: Tile<4, NV>(ar, lda, b, ldb, k_len, cr, ldc); break;
-    case 3: Tile<3, NV>(ar, lda, b, ldb, k_len, cr, ldc); break;
-    case 2: Tile<2, NV>(ar, lda, b, ldb, k_len, cr, ldc); break;
-    case 1: Tile<1, NV>(ar, lda, b, ldb, k_len, cr, ldc); break;
-    default: break;
-  }
+  RowTiles<MR>(m, [&](auto mr, long r) {
+    Tile<decltype(mr)::value, NV, V>(a + r, lda, b, ldb, k_len, acc + r * ldc, ldc);
+  });
 }
 
 // acc[c, d] += sum_k a[k * ci + c] * b[k * co + d] for all c < ci, d < co.
 void Gemm(const float* a, const float* b, long k_len, long ci, long co, float* acc) {
   long d = 0;
-  for (; d + 16 <= co; d += 16) Panel<2>(a, ci, b + d, co, k_len, acc + d, co, ci);
+  if (kPairTiles)
+    for (; d + 32 <= co; d += 32)
+      Panel<2, BlockVec, kPairRows>(a, ci, b + d, co, k_len, acc + d, co, ci);
+  for (; d + 16 <= co; d += 16)
+    Panel<kBlockVecs, BlockVec>(a, ci, b + d, co, k_len, acc + d, co, ci);
   if (d + 8 <= co) {
-    Panel<1>(a, ci, b + d, co, k_len, acc + d, co, ci);
+    Panel<1, v8>(a, ci, b + d, co, k_len, acc + d, co, ci);
     d += 8;
   }
   if (d == co) return;
@@ -73,8 +69,12 @@ void Gemm(const float* a, const float* b, long k_len, long ci, long co, float* a
   thread_local std::vector<float> t;
   t.assign(rest * ci, 0.0f);
   long c = 0;
-  for (; c + 16 <= ci; c += 16) Panel<2>(b + d, co, a + c, ci, k_len, t.data() + c, ci, rest);
-  for (; c + 8 <= ci; c += 8) Panel<1>(b + d, co, a + c, ci, k_len, t.data() + c, ci, rest);
+  if (kPairTiles)
+    for (; c + 32 <= ci; c += 32)
+      Panel<2, BlockVec, kPairRows>(b + d, co, a + c, ci, k_len, t.data() + c, ci, rest);
+  for (; c + 16 <= ci; c += 16)  // two 8-lane vectors: twice the accumulators of one 16-lane
+    Panel<2, v8>(b + d, co, a + c, ci, k_len, t.data() + c, ci, rest);
+  for (; c + 8 <= ci; c += 8) Panel<1, v8>(b + d, co, a + c, ci, k_len, t.data() + c, ci, rest);
   for (; c < ci; ++c)
     for (long e = 0; e < rest; ++e) {
       float s = 0.0f;
@@ -119,19 +119,22 @@ void AddRowDepthwise(const float* x, const float* g, const Shape& s, long row, f
     if (yx < 0 || yx >= s.h) continue;
     const float* xrow = x + (row + i - 1) * w_len * c_len;
     float* out = acc + i * 3 * c_len;
-    long c = 0;
-    for (; c + 8 <= c_len; c += 8) {
-      v8 s0 = {}, s1 = {}, s2 = {};  // taps j = 0, 1, 2: x at w - 1, w, w + 1
+    auto channels = [&](auto vec, long c) {  // channels c .. c + lanes - 1
+      using V = decltype(vec);
+      V s0 = {}, s1 = {}, s2 = {};  // taps j = 0, 1, 2: x at w - 1, w, w + 1
       for (long w = 0; w < w_len; ++w) {
-        const v8 gv = load(grow + w * c_len + c);
-        if (w > 0) s0 += load(xrow + (w - 1) * c_len + c) * gv;
-        s1 += load(xrow + w * c_len + c) * gv;
-        if (w + 1 < w_len) s2 += load(xrow + (w + 1) * c_len + c) * gv;
+        const V gv = Load<V>(grow + w * c_len + c);
+        if (w > 0) s0 += Load<V>(xrow + (w - 1) * c_len + c) * gv;
+        s1 += Load<V>(xrow + w * c_len + c) * gv;
+        if (w + 1 < w_len) s2 += Load<V>(xrow + (w + 1) * c_len + c) * gv;
       }
-      store(out + c, load(out + c) + s0);
-      store(out + c_len + c, load(out + c_len + c) + s1);
-      store(out + 2 * c_len + c, load(out + 2 * c_len + c) + s2);
-    }
+      store(out + c, Load<V>(out + c) + s0);
+      store(out + c_len + c, Load<V>(out + c_len + c) + s1);
+      store(out + 2 * c_len + c, Load<V>(out + 2 * c_len + c) + s2);
+    };
+    long c = 0;
+    for (; c + kLanes<BlockVec> <= c_len; c += kLanes<BlockVec>) channels(BlockVec{}, c);
+    for (; c + 8 <= c_len; c += 8) channels(v8{}, c);
     for (; c < c_len; ++c)
       for (long w = 0; w < w_len; ++w) {
         const float gv = grow[w * c_len + c];
@@ -245,21 +248,25 @@ void AddTileRow(const float* x, const float* g, const Shape& s, long tile_row, f
   for (long t0 = 0; t0 < tiles_w; t0 += kGradTiles) {
     const long nt = std::min(kGradTiles, tiles_w - t0);
     WinogradInput(pad + 2 * t0 * ci, stride, nt, ci, v);
-    for (long t = 0; t < nt; ++t) {
-      const float* g0 = gpad + 2 * (t0 + t) * co;
-      const float* g1 = g0 + gstride;
-      for (long d = 0; d < co; d += 8) {
-        const v8 a = load(g0 + d), b = load(g0 + co + d), c = load(g1 + d), e = load(g1 + co + d);
-        const v8 r[4][2] = {{a, b}, {a + c, b + e}, {a - c, b - e}, {-c, -e}};  // A g
-        for (int i = 0; i < 4; ++i) {  // (A g) A^T
-          float* mi = m + (4 * i * nt + t) * co + d;
-          store(mi, r[i][0]);
-          store(mi + nt * co, r[i][0] + r[i][1]);
-          store(mi + 2 * nt * co, r[i][0] - r[i][1]);
-          store(mi + 3 * nt * co, -r[i][1]);
+    ForChannelVectors(co, [&](auto vec) {
+      using V = decltype(vec);
+      for (long t = 0; t < nt; ++t) {
+        const float* g0 = gpad + 2 * (t0 + t) * co;
+        const float* g1 = g0 + gstride;
+        for (long d = 0; d < co; d += kLanes<V>) {
+          const V a = Load<V>(g0 + d), b = Load<V>(g0 + co + d), c = Load<V>(g1 + d),
+                  e = Load<V>(g1 + co + d);
+          const V r[4][2] = {{a, b}, {a + c, b + e}, {a - c, b - e}, {-c, -e}};  // A g
+          for (int i = 0; i < 4; ++i) {  // (A g) A^T
+            float* mi = m + (4 * i * nt + t) * co + d;
+            store(mi, r[i][0]);
+            store(mi + nt * co, r[i][0] + r[i][1]);
+            store(mi + 2 * nt * co, r[i][0] - r[i][1]);
+            store(mi + 3 * nt * co, -r[i][1]);
+          }
         }
       }
-    }
+    });
     for (int p = 0; p < 16; ++p)
       Gemm(v + p * nt * ci, m + p * nt * co, nt, ci, co, du + p * ci * co);
   }

@@ -6,7 +6,7 @@
 // Dense, two algorithms (cpu_kernels.py picks):
 // - direct: the kernel packed into blocks of 16 output channels [i][j][c][16];
 //   each output row from a zero-padded copy of its three input rows, 6 pixels x
-//   16 channels at a time, accumulated in registers over all 9 * Ci products;
+//   16 channels at a time (16 x 16 with AVX-512), accumulated in registers over all 9 * Ci products;
 // - Winograd F(2x2, 3x3): each 2x2 output tile from a 4x4 input tile,
 //   A^T [(G k G^T) . (B^T d B)] A, 16 products per tile and channel pair instead
 //   of 36. Per tile row and block of kTiles tiles: the input transform
@@ -28,63 +28,52 @@ namespace {
 constexpr long kBlock = 16;  // output channels per packed kernel block
 constexpr long kTiles = 12;  // Winograd tiles per block (V and M stay in L1/L2)
 
-// Stores s (MR rows of 8 * NV) at out (row stride ldo), only `lanes` columns.
-template <int MR, int NV>
-inline void StoreTile(v8 (&s)[MR][NV], float* out, long ldo, int lanes) {
+// Stores s (MR rows of L * NV) at out (row stride ldo), only `lanes` columns.
+template <int MR, int NV, typename V>
+inline void StoreTile(V (&s)[MR][NV], float* out, long ldo, int lanes) {
+  constexpr int L = kLanes<V>;
   for (int r = 0; r < MR; ++r) {
-    if (lanes == 8 * NV) {
-      for (int v = 0; v < NV; ++v) store(out + r * ldo + 8 * v, s[r][v]);
+    if (lanes == L * NV) {
+      for (int v = 0; v < NV; ++v) store(out + r * ldo + L * v, s[r][v]);
     } else {
-      float tmp[8 * NV];
-      for (int v = 0; v < NV; ++v) store(tmp + 8 * v, s[r][v]);
+      float tmp[L * NV];
+      for (int v = 0; v < NV; ++v) store(tmp + L * v, s[r][v]);
       std::memcpy(out + r * ldo, tmp, sizeof(float) * lanes);
     }
   }
 }
 
 // Direct: MR output pixels (a: padded rows at the first pixel, `taps` of them)
-// times one packed block kb.
-template <int MR, int NV>
+// times NV vectors of packed kernel rows from kb, `vstride` floats apart.
+template <int MR, int NV, typename V>
 void DirectTile(const float* const* rows, const int* tap_i, int taps, const float* kb,
-                long ci, float* out, long ldo, int lanes) {
-  v8 s[MR][NV];
+                long vstride, long ci, float* out, long ldo, int lanes) {
+  V s[MR][NV];
   for (int r = 0; r < MR; ++r)
-    for (int v = 0; v < NV; ++v) s[r][v] = v8{};
+    for (int v = 0; v < NV; ++v) s[r][v] = V{};
   for (int t = 0; t < taps; ++t)
     for (int j = 0; j < 3; ++j)
-      MultiplyAdd<MR, NV>(s, rows[t] + j * ci, ci, 1, kb + (tap_i[t] * 3 + j) * ci * kBlock,
-                          kBlock, ci);
-  StoreTile<MR, NV>(s, out, ldo, lanes);
+      MultiplyAdd(s, rows[t] + j * ci, ci, 1, kb + (tap_i[t] * 3 + j) * ci * kBlock, kBlock,
+                  ci, vstride);
+  StoreTile(s, out, ldo, lanes);
 }
 
-// A GEMM tile: out[r, :] = a[r, :] @ b for r < MR (a rows of ci, b packed ci x 16).
-template <int MR, int NV>
-void GemmTile(const float* a, long ci, const float* b, float* out, long ldo, int lanes) {
-  v8 s[MR][NV];
+// A GEMM tile: out[r, :] = a[r, :] @ b for r < MR (a rows of ci, b packed ci x 16, NV
+// vectors `vstride` floats apart).
+template <int MR, int NV, typename V>
+void GemmTile(const float* a, long ci, const float* b, long vstride, float* out, long ldo,
+              int lanes) {
+  V s[MR][NV];
   for (int r = 0; r < MR; ++r)
-    for (int v = 0; v < NV; ++v) s[r][v] = v8{};
-  MultiplyAdd<MR, NV>(s, a, ci, 1, b, kBlock, ci);
-  StoreTile<MR, NV>(s, out, ldo, lanes);
+    for (int v = 0; v < NV; ++v) s[r][v] = V{};
+  MultiplyAdd(s, a, ci, 1, b, kBlock, ci, vstride);
+  StoreTile(s, out, ldo, lanes);
 }
 
-// tile(MR, offset) over m rows in tiles of 6 and one tail tile.
-template <typename F6, typename F5, typename F4, typename F3, typename F2, typename F1>
-inline void Rows(long m, F6 f6, F5 f5, F4 f4, F3 f3, F2 f2, F1 f1) {
-  long r = 0;
-  for (; r + 6 <= m; r += 6) f6(r);
-  switch (m - r) {
-    case 5: f5(r); break;
-    case 4: f4(r); break;
-    case 3: f3(r); break;
-    case 2: f2(r); break;
-    case 1: f1(r); break;
-    default: break;
-  }
-}
-
-#define SFMNET_TILES(CALL) \
-  [&](long r) { CALL(6); }, [&](long r) { CALL(5); }, [&](long r) { CALL(4); }, \
-  [&](long r) { CALL(3); }, [&](long r) { CALL(2); }, [&](long r) { CALL(1); }
+// Whether a block of `lanes` output channels (the rest of the 16 are zero
+// padding) needs the full register tile; up to 8 (a conv to RGB), one 8-lane
+// vector per row does.
+inline bool FullTile(int lanes) { return lanes > 8; }
 
 struct Dims {
   long n, h, w, ci, co, blocks;
@@ -135,35 +124,67 @@ void DirectRow(const float* x, const float* kp, const Dims& s, long row, float* 
       tap_i[taps++] = i;
     }
   float* orow = out + row * s.w * s.co;
-  for (long b = 0; b < s.blocks; ++b) {
-    const float* kb = kp + b * 9 * s.ci * kBlock;
+  const float* at[3];
+  auto shift = [&](long p) {
+    for (int t = 0; t < taps; ++t) at[t] = rows[t] + p * s.ci;
+  };
+  const long block_size = 9 * s.ci * kBlock;
+  long b = 0;
+  if (kPairTiles) {
+    for (; b + 1 < s.blocks; b += 2) {  // two blocks per tile
+      const float* kb = kp + b * block_size;
+      const int lanes = static_cast<int>(std::min(2 * kBlock, s.co - b * kBlock));
+      float* ob = orow + b * kBlock;
+      RowTiles<kPairRows>(s.w, [&](auto mr, long r) {
+        shift(r);
+        DirectTile<decltype(mr)::value, 2, BlockVec>(at, tap_i, taps, kb, block_size, s.ci,
+                                                     ob + r * s.co, s.co, lanes);
+      });
+    }
+  }
+  for (; b < s.blocks; ++b) {
+    const float* kb = kp + b * block_size;
     const int lanes = static_cast<int>(std::min(kBlock, s.co - b * kBlock));
     float* ob = orow + b * kBlock;
-    const float* at[3];
-    auto shift = [&](long p) {
-      for (int t = 0; t < taps; ++t) at[t] = rows[t] + p * s.ci;
-    };
-#define SFMNET_DIRECT(MR)                                                          \
-  shift(r);                                                                        \
-  if (lanes > 8) DirectTile<MR, 2>(at, tap_i, taps, kb, s.ci, ob + r * s.co, s.co, lanes); \
-  else DirectTile<MR, 1>(at, tap_i, taps, kb, s.ci, ob + r * s.co, s.co, lanes)
-    Rows(s.w, SFMNET_TILES(SFMNET_DIRECT));
-#undef SFMNET_DIRECT
+    RowTiles<kTileRows>(s.w, [&](auto mr, long r) {
+      constexpr int MR = decltype(mr)::value;
+      shift(r);
+      if (FullTile(lanes))
+        DirectTile<MR, kBlockVecs, BlockVec>(at, tap_i, taps, kb, kLanes<BlockVec>, s.ci,
+                                             ob + r * s.co, s.co, lanes);
+      else
+        DirectTile<MR, 1, v8>(at, tap_i, taps, kb, 8, s.ci, ob + r * s.co, s.co, lanes);
+    });
   }
 }
 
 // out[r, :] = a[r, :] @ kp for r < m (a rows of ci floats, out rows of co), all blocks.
 void GemmRows(const float* a, long m, const float* kp, const Dims& s, float* out) {
-  const long ci = s.ci, co = s.co;
-  for (long b = 0; b < s.blocks; ++b) {
-    const float* kb = kp + b * ci * kBlock;
+  const long ci = s.ci, co = s.co, block_size = ci * kBlock;
+  long b = 0;
+  if (kPairTiles) {
+    for (; b + 1 < s.blocks; b += 2) {  // two blocks per tile
+      const float* kb = kp + b * block_size;
+      float* o = out + b * kBlock;
+      const int lanes = static_cast<int>(std::min(2 * kBlock, co - b * kBlock));
+      RowTiles<kPairRows>(m, [&](auto mr, long r) {
+        GemmTile<decltype(mr)::value, 2, BlockVec>(a + r * ci, ci, kb, block_size, o + r * co,
+                                                   co, lanes);
+      });
+    }
+  }
+  for (; b < s.blocks; ++b) {
+    const float* kb = kp + b * block_size;
     float* o = out + b * kBlock;
     const int lanes = static_cast<int>(std::min(kBlock, co - b * kBlock));
-#define SFMNET_GEMM(MR)                                                      \
-  if (lanes > 8) GemmTile<MR, 2>(a + r * ci, ci, kb, o + r * co, co, lanes); \
-  else GemmTile<MR, 1>(a + r * ci, ci, kb, o + r * co, co, lanes)
-    Rows(m, SFMNET_TILES(SFMNET_GEMM));
-#undef SFMNET_GEMM
+    RowTiles<kTileRows>(m, [&](auto mr, long r) {
+      constexpr int MR = decltype(mr)::value;
+      if (FullTile(lanes))
+        GemmTile<MR, kBlockVecs, BlockVec>(a + r * ci, ci, kb, kLanes<BlockVec>, o + r * co,
+                                           co, lanes);
+      else
+        GemmTile<MR, 1, v8>(a + r * ci, ci, kb, 8, o + r * co, co, lanes);
+    });
   }
 }
 
@@ -185,26 +206,29 @@ void WinogradRow(const float* x, const float* u, const Dims& s, long tile_row, f
     float* m = w.m.data();  // [16][nt][co]
     for (int p = 0; p < 16; ++p)
       GemmRows(v + p * nt * ci, nt, u + p * s.blocks * ci * kBlock, s, m + p * nt * co);
-    for (long t = 0; t < nt; ++t) {
-      const long x0 = 2 * (t0 + t);
-      float* o0 = out + ((n * s.h + y0) * s.w + x0) * co;
-      float* o1 = o0 + s.w * co;
-      const bool row1 = y0 + 1 < s.h, col1 = x0 + 1 < s.w;
-      for (long d = 0; d < co; d += 8) {
-        v8 mm[4][4], am[2][4];
-        for (int p = 0; p < 16; ++p) mm[p / 4][p % 4] = load(m + (p * nt + t) * co + d);
-        for (int q = 0; q < 4; ++q) {  // A^T M
-          am[0][q] = mm[0][q] + mm[1][q] + mm[2][q];
-          am[1][q] = mm[1][q] - mm[2][q] - mm[3][q];
-        }
-        store(o0 + d, am[0][0] + am[0][1] + am[0][2]);  // (A^T M) A
-        if (col1) store(o0 + co + d, am[0][1] - am[0][2] - am[0][3]);
-        if (row1) {
-          store(o1 + d, am[1][0] + am[1][1] + am[1][2]);
-          if (col1) store(o1 + co + d, am[1][1] - am[1][2] - am[1][3]);
+    ForChannelVectors(co, [&](auto vec) {
+      using V = decltype(vec);
+      for (long t = 0; t < nt; ++t) {
+        const long x0 = 2 * (t0 + t);
+        float* o0 = out + ((n * s.h + y0) * s.w + x0) * co;
+        float* o1 = o0 + s.w * co;
+        const bool row1 = y0 + 1 < s.h, col1 = x0 + 1 < s.w;
+        for (long d = 0; d < co; d += kLanes<V>) {
+          V mm[4][4], am[2][4];
+          for (int p = 0; p < 16; ++p) mm[p / 4][p % 4] = Load<V>(m + (p * nt + t) * co + d);
+          for (int q = 0; q < 4; ++q) {  // A^T M
+            am[0][q] = mm[0][q] + mm[1][q] + mm[2][q];
+            am[1][q] = mm[1][q] - mm[2][q] - mm[3][q];
+          }
+          store(o0 + d, am[0][0] + am[0][1] + am[0][2]);  // (A^T M) A
+          if (col1) store(o0 + co + d, am[0][1] - am[0][2] - am[0][3]);
+          if (row1) {
+            store(o1 + d, am[1][0] + am[1][1] + am[1][2]);
+            if (col1) store(o1 + co + d, am[1][1] - am[1][2] - am[1][3]);
+          }
         }
       }
-    }
+    });
   }
 }
 
@@ -216,19 +240,22 @@ void DepthwiseRow(const float* x, const float* k, const Dims& s, long row, float
     if (y + i - 1 >= 0 && y + i - 1 < s.h) rows[i] = x + (row + i - 1) * w_len * c_len;
   float* orow = out + row * w_len * c_len;
   for (long w = 0; w < w_len; ++w) {
-    long c = 0;
-    for (; c + 8 <= c_len; c += 8) {
-      v8 acc = {};
+    auto channels = [&](auto vec, long c) {  // channels c .. c + lanes - 1
+      using V = decltype(vec);
+      V acc = {};
       for (int i = 0; i < 3; ++i) {
         if (!rows[i]) continue;
         const float* r = rows[i] + w * c_len + c;
         const float* kk = k + i * 3 * c_len + c;
-        if (w > 0) acc += load(r - c_len) * load(kk);
-        acc += load(r) * load(kk + c_len);
-        if (w + 1 < w_len) acc += load(r + c_len) * load(kk + 2 * c_len);
+        if (w > 0) acc += Load<V>(r - c_len) * Load<V>(kk);
+        acc += Load<V>(r) * Load<V>(kk + c_len);
+        if (w + 1 < w_len) acc += Load<V>(r + c_len) * Load<V>(kk + 2 * c_len);
       }
       store(orow + w * c_len + c, acc);
-    }
+    };
+    long c = 0;
+    for (; c + kLanes<BlockVec> <= c_len; c += kLanes<BlockVec>) channels(BlockVec{}, c);
+    for (; c + 8 <= c_len; c += 8) channels(v8{}, c);
     for (; c < c_len; ++c) {
       float acc = 0.0f;
       for (int i = 0; i < 3; ++i) {

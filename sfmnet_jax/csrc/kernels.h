@@ -1,6 +1,6 @@
 // Shared pieces of SFMNet's CPU kernels (XLA FFI handlers, float32, NHWC):
-// 8-lane vectors, the register-tiled multiply-add loop, a row-parallel loop on
-// XLA's thread pool. Built and loaded by sfmnet_jax/cpu_kernels.py.
+// 8- and 16-lane vectors, the register-tiled multiply-add loop, a row-parallel
+// loop on XLA's thread pool. Built and loaded by sfmnet_jax/cpu_kernels.py.
 
 #ifndef SFMNET_JAX_CSRC_KERNELS_H_
 #define SFMNET_JAX_CSRC_KERNELS_H_
@@ -11,6 +11,7 @@
 #include <functional>
 #include <memory>
 #include <thread>
+#include <type_traits>
 
 #include "xla/ffi/api/ffi.h"
 
@@ -24,19 +25,72 @@ typedef float v8u __attribute__((vector_size(32), aligned(4)));
 inline v8 load(const float* p) { return *reinterpret_cast<const v8u*>(p); }
 inline void store(float* p, v8 v) { *reinterpret_cast<v8u*>(p) = v; }
 
-// s[r][v] += sum_{k < k_len} a[r * a_row + k * a_k] * b[k * ldb + 8 * v + lane]:
-// MR rows of a (broadcast) times 8 * NV columns of b, accumulated in registers.
-template <int MR, int NV>
-inline void MultiplyAdd(v8 (&s)[MR][NV], const float* a, long a_row, long a_k,
-                        const float* b, long ldb, long k_len) {
+template <typename V>
+constexpr int kLanes = sizeof(V) / sizeof(float);
+
+template <typename V>
+inline V Load(const float* p) {
+  return load(p);
+}
+
+// The register tile for 16 output channels (one packed kernel block): with
+// AVX-512 (32 vector registers), 16 rows x one 16-lane vector; otherwise 6 rows x
+// two 8-lane vectors (12 of 16 registers). Each output is summed over the same
+// products in the same order either way: results are identical.
+#ifdef __AVX512F__
+typedef float v16 __attribute__((vector_size(64)));
+typedef float v16u __attribute__((vector_size(64), aligned(4)));
+inline void store(float* p, v16 v) { *reinterpret_cast<v16u*>(p) = v; }
+template <>
+inline v16 Load<v16>(const float* p) {
+  return *reinterpret_cast<const v16u*>(p);
+}
+typedef v16 BlockVec;
+constexpr int kTileRows = 16;
+#else
+typedef v8 BlockVec;
+constexpr int kTileRows = 6;
+#endif
+constexpr int kBlockVecs = 16 / kLanes<BlockVec>;
+// With 16-lane vectors, 32 columns (two packed blocks) per register tile where there
+// are that many: 8 rows x two vectors, 10 loads per 16 multiply-adds instead of 17.
+constexpr bool kPairTiles = kLanes<BlockVec> == 16;
+constexpr int kPairRows = 8;
+
+// s[r][v] += sum_{k < k_len} a[r * a_row + k * a_k] * b[k * ldb + vstride * v + lane]:
+// MR rows of a (broadcast) times NV vectors V of b (vstride floats apart: kLanes<V>
+// for adjacent columns), accumulated in registers.
+template <int MR, int NV, typename V>
+inline void MultiplyAdd(V (&s)[MR][NV], const float* a, long a_row, long a_k,
+                        const float* b, long ldb, long k_len, long vstride = kLanes<V>) {
   for (long k = 0; k < k_len; ++k) {
-    v8 bv[NV];
-    for (int v = 0; v < NV; ++v) bv[v] = load(b + k * ldb + 8 * v);
+    V bv[NV];
+    for (int v = 0; v < NV; ++v) bv[v] = Load<V>(b + k * ldb + vstride * v);
     for (int r = 0; r < MR; ++r) {
       const float av = a[r * a_row + k * a_k];
       for (int v = 0; v < NV; ++v) s[r][v] += av * bv[v];
     }
   }
+}
+
+template <int R>
+using RowCount = std::integral_constant<int, R>;
+
+template <int R, typename F>
+inline void TailTile(long left, long r, F& f) {
+  if constexpr (R > 0) {
+    if (left == R) f(RowCount<R>{}, r);
+    else TailTile<R - 1>(left, r, f);
+  }
+}
+
+// f(RowCount<MR>{}, r) for each whole tile of MR rows in [0, m), then once for the
+// m % MR rows left: f is a generic lambda, called with its tile height as a type.
+template <int MR, typename F>
+inline void RowTiles(long m, F f) {
+  long r = 0;
+  for (; r + MR <= m; r += MR) f(RowCount<MR>{}, r);
+  TailTile<MR - 1>(m - r, r, f);
 }
 
 // Calls fn(begin, end) over [0, items) in tasks of `per_task` items, on the
@@ -89,31 +143,43 @@ inline void PadRows(const float* x, long n, long h, long w, long c, long y0, int
   }
 }
 
+// Calls f(V{}) with V the widest vector type whose lanes divide `channels`
+// (16-lane vectors with AVX-512, else 8-lane ones: channel counts here are
+// multiples of 8). Elementwise work, so the result is the same either way.
+template <typename F>
+inline void ForChannelVectors(long channels, F f) {
+  if (channels % kLanes<BlockVec> == 0) f(BlockVec{});
+  else f(v8{});
+}
+
 // Winograd F(2x2, 3x3) input transform of nt tiles: tile t's 4x4 window starts at
 // d + 2 t * ci (rows `stride` floats apart, pixels ci apart); writes
 // v[p = 4 r + q][t][c] = (B^T d B)[r, q] for c < ci (a multiple of 8).
 inline void WinogradInput(const float* d, long stride, long nt, long ci, float* v) {
-  for (long t = 0; t < nt; ++t) {
-    const float* d0 = d + 2 * t * ci;
-    for (long c = 0; c < ci; c += 8) {
-      v8 x[4][4], bd[4][4];
-      for (int r = 0; r < 4; ++r)
-        for (int q = 0; q < 4; ++q) x[r][q] = load(d0 + r * stride + q * ci + c);
-      for (int q = 0; q < 4; ++q) {  // B^T d
-        bd[0][q] = x[0][q] - x[2][q];
-        bd[1][q] = x[1][q] + x[2][q];
-        bd[2][q] = x[2][q] - x[1][q];
-        bd[3][q] = x[1][q] - x[3][q];
-      }
-      for (int r = 0; r < 4; ++r) {  // (B^T d) B
-        float* vr = v + (4 * r * nt + t) * ci + c;
-        store(vr, bd[r][0] - bd[r][2]);
-        store(vr + nt * ci, bd[r][1] + bd[r][2]);
-        store(vr + 2 * nt * ci, bd[r][2] - bd[r][1]);
-        store(vr + 3 * nt * ci, bd[r][1] - bd[r][3]);
+  ForChannelVectors(ci, [&](auto vec) {
+    using V = decltype(vec);
+    for (long t = 0; t < nt; ++t) {
+      const float* d0 = d + 2 * t * ci;
+      for (long c = 0; c < ci; c += kLanes<V>) {
+        V x[4][4], bd[4][4];
+        for (int r = 0; r < 4; ++r)
+          for (int q = 0; q < 4; ++q) x[r][q] = Load<V>(d0 + r * stride + q * ci + c);
+        for (int q = 0; q < 4; ++q) {  // B^T d
+          bd[0][q] = x[0][q] - x[2][q];
+          bd[1][q] = x[1][q] + x[2][q];
+          bd[2][q] = x[2][q] - x[1][q];
+          bd[3][q] = x[1][q] - x[3][q];
+        }
+        for (int r = 0; r < 4; ++r) {  // (B^T d) B
+          float* vr = v + (4 * r * nt + t) * ci + c;
+          store(vr, bd[r][0] - bd[r][2]);
+          store(vr + nt * ci, bd[r][1] + bd[r][2]);
+          store(vr + 2 * nt * ci, bd[r][2] - bd[r][1]);
+          store(vr + 3 * nt * ci, bd[r][1] - bd[r][3]);
+        }
       }
     }
-  }
+  });
 }
 
 // G of F(2x2, 3x3): U = G k G^T (4 x 3).
