@@ -4,7 +4,7 @@ r"""Benchmarks that print numbers and write JSON (speed targets are checked here
                                        [--conv_algorithm=auto|direct|winograd]
                                        [--train_batch=8] [--notrain] [--remat] [--repeats=5]
   python -m sfmnet_jax.benchmark compare --release_dir=PATH/TO/SFMNet [--widths=16,32,64]
-                                         [--conv_algorithms=auto,winograd]
+                                         [--conv_algorithms=auto,winograd] [--rounds=1]
   python -m sfmnet_jax.benchmark input [--scale=8] [--batch_size=8] [--batches=300]
   python -m sfmnet_jax.benchmark photo --checkpoint=runs/demo
   python -m sfmnet_jax.benchmark profile [--num_features=32] [--target=psnr|gan|forward]
@@ -171,7 +171,7 @@ def bench_profile(fv):
 def bench_compare(fv):
   from sfmnet_jax import benchmark_release
   result = benchmark_release.compare(fv.release_dir, [int(w) for w in fv.widths], fv.repeats,
-                                     fv.conv_algorithms)
+                                     fv.conv_algorithms, fv.rounds)
   write_json(result, f"compare_{result['machine']['platform']}", fv.output)
   return result
 
@@ -210,6 +210,8 @@ def define_flags(fv):
   f.DEFINE_list("widths", ["16", "32", "64"], "Generator widths to compare.", flag_values=fv)
   f.DEFINE_list("conv_algorithms", ["auto", "winograd"],
                 "model.conv_algorithm values to time the port with (compare).", flag_values=fv)
+  f.DEFINE_integer("rounds", 1, "compare: turns of release and port per width; medians "
+                   "over them (a drifting machine weighs on both alike).", flag_values=fv)
   # input
   f.DEFINE_enum("scale", "8", ["4", "8", "16"], "Upscaling factor.", flag_values=fv)
   f.DEFINE_integer("batch_size", 8, "Batch size.", flag_values=fv)

@@ -1,7 +1,7 @@
 """`python -m sfmnet_jax.benchmark compare`: the authors' PyTorch release and this port, side by side.
 
-Both run in the same process on the same CPU, one after the other, for each
-width: the generator's forward at batch 1 and 8 (128x128) and the PSNR-stage
+Both run in the same process run on the same CPU, one after the other (with
+--rounds, several times in turns), for each width: the generator's forward at batch 1 and 8 (128x128) and the PSNR-stage
 training step at batch 8 (L1(out) + L1(fre) + 0.01 (amplitude + phase) L1,
 Adam with betas (0.9, 0.99), as `main_two.py` trains). Speed is reported as
 ratios (release time / port time: above 1 means the port is faster), with the
@@ -140,10 +140,14 @@ def time_release_apart(release_dir, width, repeats, warmup_steps):
   return result
 
 
-def compare(release_dir, widths, repeats, conv_algorithms=("auto",)):
+def compare(release_dir, widths, repeats, conv_algorithms=("auto",), rounds=1):
   """Times both implementations per width; returns rows with seconds and ratios.
 
   The port is timed once per entry of `conv_algorithms` (its model.conv_algorithm).
+  With `rounds` > 1 the release and the port take turns that many times per width
+  (release, port, release, port...): each figure is the median over the rounds and
+  the speed-up the median of the rounds' ratios, so that a machine whose speed
+  drifts within the hour weighs on both sides alike.
   """
   from sfmnet_jax import benchmark_model, runtime  # pylint: disable=g-import-not-at-top
   _, torch = load_release_generator(release_dir)  # fails early, with instructions
@@ -153,16 +157,28 @@ def compare(release_dir, widths, repeats, conv_algorithms=("auto",)):
         f"on {info['cpu']} ({os.cpu_count()} cores; {info['cpu_vector_extensions']})")
   rows = []
   for width in widths:
-    release = time_release_apart(release_dir, width, repeats, benchmark_model.WARMUP_STEPS)
-    release_device = release.pop("device")
     for algorithm in conv_algorithms:
-      port, compile_s = time_port(width, repeats, conv_algorithm=algorithm)
-      for name in release:
+      turns = []  # (release, port, port compile seconds) per round
+      for _ in range(max(1, rounds)):
+        release = time_release_apart(release_dir, width, repeats, benchmark_model.WARMUP_STEPS)
+        release_device = release.pop("device")
+        port, compile_s = time_port(width, repeats, conv_algorithm=algorithm)
+        turns.append((release, port, compile_s))
+      for name in turns[0][0]:
+        release_s = [t[0][name] for t in turns]
+        port_s = [t[1][name] for t in turns]
+        ratios = [r / p for r, p in zip(release_s, port_s)]
         row = {"release_device": release_device, "width": width, "what": name,
-               "conv_algorithm": algorithm, "release_s": release[name], "port_s": port[name],
-               "speedup": release[name] / port[name], "port_compile_s": compile_s[name]}
+               "conv_algorithm": algorithm, "release_s": statistics.median(release_s),
+               "port_s": statistics.median(port_s), "speedup": statistics.median(ratios),
+               "port_compile_s": turns[0][2][name]}
+        if len(turns) > 1:
+          row.update(rounds_release_s=release_s, rounds_port_s=port_s, rounds_speedup=ratios)
         rows.append(row)
+        each = (" (rounds: " + ", ".join(f"{r:.2f}x" for r in ratios) + ")"
+                if len(turns) > 1 else "")
         print(f"  C={width:<3d} {name:<14s} release {row['release_s']:7.3f} s   sfmnet_jax "
-              f"({algorithm}) {row['port_s']:7.3f} s   speed-up {row['speedup']:.2f}x",
+              f"({algorithm}) {row['port_s']:7.3f} s   speed-up {row['speedup']:.2f}x{each}",
               flush=True)
-  return {"benchmark": "compare", "rows": rows, "machine": info, "repeats": repeats}
+  return {"benchmark": "compare", "rows": rows, "machine": info, "repeats": repeats,
+          "rounds": max(1, rounds)}

@@ -74,6 +74,39 @@ def test_compare_without_torch_says_how_to_get_it(monkeypatch, capsys):
   assert "pip install torch" in err and "github.com/wcy-cs/SFMNet" in err
 
 
+def test_compare_rounds_alternate_and_take_medians(monkeypatch, tmp_path):
+  """--rounds=3: release and port take turns; each side's median time and the median
+  of the rounds' ratios (not the ratio of medians) are reported."""
+  from sfmnet_jax import benchmark_release  # pylint: disable=g-import-not-at-top
+  calls, release_s, port_s = [], iter([2.0, 3.0, 10.0]), iter([1.0, 1.0, 4.0])
+
+  class FakeTorch:
+    __version__ = "0.fake"
+
+    @staticmethod
+    def get_num_threads():
+      return 2
+
+  def fake_release(release_dir, width, repeats, warmup_steps):
+    calls.append(("release", width))
+    return {"psnr_step_b8": next(release_s), "device": "cpu"}
+
+  def fake_port(width, repeats, conv_algorithm="auto"):
+    calls.append(("port", width))
+    return {"psnr_step_b8": next(port_s)}, {"psnr_step_b8": 5.0}
+
+  monkeypatch.setattr(benchmark_release, "load_release_generator", lambda d: (None, FakeTorch))
+  monkeypatch.setattr(benchmark_release, "time_release_apart", fake_release)
+  monkeypatch.setattr(benchmark_release, "time_port", fake_port)
+  out = tmp_path / "c.json"
+  assert benchmark.main(["compare", "--release_dir=x", "--widths=16", "--conv_algorithms=auto",
+                         "--rounds=3", f"--output={out}"]) == 0
+  assert calls == [("release", 16), ("port", 16)] * 3
+  row, = json.loads(out.read_text())["rows"]
+  assert row["rounds_speedup"] == [2.0, 3.0, 2.5]
+  assert (row["release_s"], row["port_s"], row["speedup"]) == (3.0, 1.0, 2.5)
+
+
 @pytest.mark.parametrize("argv, message", [(["nonsense"], "unknown benchmark"),
                                            (["model", "--batch_sizes=x"], "batch_sizes")])
 def test_benchmark_usage_errors(argv, message, capsys):

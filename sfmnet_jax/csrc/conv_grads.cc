@@ -239,19 +239,23 @@ void AddTileRow(const float* x, const float* g, const Shape& s, long tile_row, f
   const long n = tile_row / tiles_h, y0 = 2 * (tile_row % tiles_h);
   const long ci = s.ci, co = s.co, stride = (2 * tiles_w + 2) * ci;
   PadRows(x, n, s.h, s.w, ci, y0 - 1, 4, stride, pad);
+  // g's two rows, read in place where they fill whole tiles, else zero-padded in gpad.
   const long gstride = 2 * tiles_w * co;
-  std::fill(gpad, gpad + 2 * gstride, 0.0f);
-  for (int r = 0; r < 2; ++r)
-    if (y0 + r < s.h)
-      std::memcpy(gpad + r * gstride, g + ((n * s.h + y0 + r) * s.w) * co,
-                  sizeof(float) * s.w * co);
+  const float* grows = g + ((n * s.h + y0) * s.w) * co;
+  if (s.w % 2 != 0 || y0 + 1 >= s.h) {
+    std::fill(gpad, gpad + 2 * gstride, 0.0f);
+    for (int r = 0; r < 2; ++r)
+      if (y0 + r < s.h)
+        std::memcpy(gpad + r * gstride, grows + r * s.w * co, sizeof(float) * s.w * co);
+    grows = gpad;
+  }
   for (long t0 = 0; t0 < tiles_w; t0 += kGradTiles) {
     const long nt = std::min(kGradTiles, tiles_w - t0);
     WinogradInput(pad + 2 * t0 * ci, stride, nt, ci, v);
     ForChannelVectors(co, [&](auto vec) {
       using V = decltype(vec);
       for (long t = 0; t < nt; ++t) {
-        const float* g0 = gpad + 2 * (t0 + t) * co;
+        const float* g0 = grows + 2 * (t0 + t) * co;
         const float* g1 = g0 + gstride;
         for (long d = 0; d < co; d += kLanes<V>) {
           const V a = Load<V>(g0 + d), b = Load<V>(g0 + co + d), c = Load<V>(g1 + d),

@@ -154,28 +154,37 @@ inline void ForChannelVectors(long channels, F f) {
 
 // Winograd F(2x2, 3x3) input transform of nt tiles: tile t's 4x4 window starts at
 // d + 2 t * ci (rows `stride` floats apart, pixels ci apart); writes
-// v[p = 4 r + q][t][c] = (B^T d B)[r, q] for c < ci (a multiple of 8).
+// v[p = 4 r + q][t][c] = (B^T d B)[r, q] for c < ci (a multiple of 8). Neighbouring
+// windows share two columns, so each column's B^T d is computed once.
 inline void WinogradInput(const float* d, long stride, long nt, long ci, float* v) {
   ForChannelVectors(ci, [&](auto vec) {
     using V = decltype(vec);
-    for (long t = 0; t < nt; ++t) {
-      const float* d0 = d + 2 * t * ci;
-      for (long c = 0; c < ci; c += kLanes<V>) {
-        V x[4][4], bd[4][4];
-        for (int r = 0; r < 4; ++r)
-          for (int q = 0; q < 4; ++q) x[r][q] = Load<V>(d0 + r * stride + q * ci + c);
-        for (int q = 0; q < 4; ++q) {  // B^T d
-          bd[0][q] = x[0][q] - x[2][q];
-          bd[1][q] = x[1][q] + x[2][q];
-          bd[2][q] = x[2][q] - x[1][q];
-          bd[3][q] = x[1][q] - x[3][q];
-        }
+    auto column = [&](const float* p, V (&b)[4]) {  // b = B^T (the column at p)
+      const V x0 = Load<V>(p), x1 = Load<V>(p + stride), x2 = Load<V>(p + 2 * stride),
+              x3 = Load<V>(p + 3 * stride);
+      b[0] = x0 - x2;
+      b[1] = x1 + x2;
+      b[2] = x2 - x1;
+      b[3] = x1 - x3;
+    };
+    for (long c = 0; c < ci; c += kLanes<V>) {
+      V bd[4][4];  // bd[q][r] = (B^T d)[r, q] of the current window
+      column(d + c, bd[0]);
+      column(d + ci + c, bd[1]);
+      for (long t = 0; t < nt; ++t) {
+        const float* d0 = d + 2 * t * ci + c;
+        column(d0 + 2 * ci, bd[2]);
+        column(d0 + 3 * ci, bd[3]);
         for (int r = 0; r < 4; ++r) {  // (B^T d) B
           float* vr = v + (4 * r * nt + t) * ci + c;
-          store(vr, bd[r][0] - bd[r][2]);
-          store(vr + nt * ci, bd[r][1] + bd[r][2]);
-          store(vr + 2 * nt * ci, bd[r][2] - bd[r][1]);
-          store(vr + 3 * nt * ci, bd[r][1] - bd[r][3]);
+          store(vr, bd[0][r] - bd[2][r]);
+          store(vr + nt * ci, bd[1][r] + bd[2][r]);
+          store(vr + 2 * nt * ci, bd[2][r] - bd[1][r]);
+          store(vr + 3 * nt * ci, bd[1][r] - bd[3][r]);
+        }
+        for (int r = 0; r < 4; ++r) {  // the next window's first two columns
+          bd[0][r] = bd[2][r];
+          bd[1][r] = bd[3][r];
         }
       }
     }
