@@ -1,12 +1,12 @@
 """`python -m sfmnet_jax.benchmark compare`: the authors' PyTorch release and this port, side by side.
 
 Both run in the same process run on the same CPU, one after the other (with
---rounds, several times in turns), for each width: the generator's forward at batch 1 and 8 (128x128) and the PSNR-stage
-training step at batch 8 (L1(out) + L1(fre) + 0.01 (amplitude + phase) L1,
-Adam with betas (0.9, 0.99), as `main_two.py` trains). Speed is reported as
-ratios (release time / port time: above 1 means the port is faster), with the
-CPU model and its vector extensions, because absolute times on shared
-machines vary by up to 2x.
+--rounds, several times in turns), for each width: the generator's forward at
+batch 1 and 8 (128x128) and the PSNR-stage training step at batch 8 (L1(out) +
+L1(fre) + 0.01 (amplitude + phase) L1, Adam with betas (0.9, 0.99), as
+`main_two.py` trains). Speed is reported as ratios (release time / port time:
+above 1 means the port is faster), with the CPU model and its vector
+extensions, because absolute times on shared machines vary by up to 2x.
 """
 
 import importlib

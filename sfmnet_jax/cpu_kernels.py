@@ -2,8 +2,8 @@
 
 `csrc/convs.cc` computes the convolutions themselves (NHWC, float32, on
 XLA's own thread pool, rows split across threads):
-- dense 3x3 convs directly, with a 6 x 16 register tile (16 x 16 with
-  AVX-512) over all 9 * Ci products (the default: the release's numbers), or, under
+- dense 3x3 convs directly, with a 6 x 16 register tile (8 x 32 or 16 x 16
+  with AVX-512) over all 9 * Ci products (the default: the release's numbers), or, under
   `conv_algorithm("winograd")` and where Ci and Co are multiples of 8, by
   Winograd's F(2x2, 3x3) (16 products per 2x2 output tile instead of 36); the
   input gradient is the same conv of the output gradient with the flipped,

@@ -9,7 +9,7 @@
 // produced x; those transposes read with a stride of one image and cost more
 // than the arithmetic. These handlers read x and g where they lie, one output
 // row at a time: dense, a GEMM per tap over the row's pixels with a 6 x 16
-// register tile (16 x 16 with AVX-512), in blocks of 32 pixels that stay in L1;
+// register tile (8 x 32 or 16 x 16 with AVX-512), in blocks of 32 pixels that stay in L1;
 // depthwise, nine multiply-adds per pixel vectorised over channels.
 //
 // Deterministic: the rows are split into a fixed number of chunks (a function

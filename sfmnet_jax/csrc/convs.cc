@@ -6,7 +6,8 @@
 // Dense, two algorithms (cpu_kernels.py picks):
 // - direct: the kernel packed into blocks of 16 output channels [i][j][c][16];
 //   each output row from a zero-padded copy of its three input rows, 6 pixels x
-//   16 channels at a time (16 x 16 with AVX-512), accumulated in registers over all 9 * Ci products;
+//   16 channels at a time (with AVX-512 8 x 32 or 16 x 16), accumulated in
+//   registers over all 9 * Ci products;
 // - Winograd F(2x2, 3x3): each 2x2 output tile from a 4x4 input tile,
 //   A^T [(G k G^T) . (B^T d B)] A, 16 products per tile and channel pair instead
 //   of 36. Per tile row and block of kTiles tiles: the input transform
