@@ -280,17 +280,22 @@ def block_gradients(path=None, noise=0.0, algorithm="direct"):
   return grads, hlo
 
 
-def _xla_gradients(tmp_path, noise):
-  """`block_gradients` in a subprocess with SFMNET_CPU_KERNELS=0 (XLA's ops throughout)."""
-  out = tmp_path / f"xla_{noise}.npz"
+def _in_subprocess(call, out, **env):
+  """Runs `t.<call>` (this module imported as t) in a fresh Python with `env` added to
+  the environment, and loads the .npz it wrote to `out`."""
   tests = os.path.dirname(os.path.abspath(__file__))
-  env = dict(os.environ, SFMNET_CPU_KERNELS="0",
-             PYTHONPATH=os.pathsep.join([os.path.dirname(tests), tests]))
-  code = f"import test_cpu_kernels as t; t.block_gradients({str(out)!r}, {noise})"
+  env = dict(os.environ, **env, PYTHONPATH=os.pathsep.join([os.path.dirname(tests), tests]))
+  code = f"import test_cpu_kernels as t; t.{call}"
   done = subprocess.run([sys.executable, "-c", code], env=env, cwd=os.path.dirname(tests),
                         capture_output=True, text=True, timeout=600, check=False)
   assert done.returncode == 0, done.stderr[-3000:]
-  ref = np.load(out)
+  return np.load(out)
+
+
+def _xla_gradients(tmp_path, noise):
+  """`block_gradients` in a subprocess with SFMNET_CPU_KERNELS=0 (XLA's ops throughout)."""
+  out = tmp_path / f"xla_{noise}.npz"
+  ref = _in_subprocess(f"block_gradients({str(out)!r}, {noise})", out, SFMNET_CPU_KERNELS="0")
   assert "custom_call_target=\"sfmnet_" not in str(ref["hlo"])  # the switch turned them off
   return {k[2:]: ref[k] for k in ref.files if k.startswith("g:")}
 
@@ -347,18 +352,12 @@ def kernel_outputs(path=None):
 @pytest.mark.skipif("avx512f" not in runtime.cpu_vector_extensions().split(),
                     reason="no AVX-512 here: both builds are the same AVX2 code")
 def test_avx512_and_avx2_builds_give_the_same_bits(tmp_path):
-  """The 16-lane kernels (16 x 16 register tiles) sum the same products in the same
-  order as the 8-lane ones (6 x 16): equal to the bit. The AVX2 build is made and
-  run in a subprocess ($SFMNET_CPU_KERNELS_FLAGS=-mno-avx512f)."""
+  """The 16-lane kernels (8 x 32 and 16 x 16 register tiles) sum the same products in
+  the same order as the 8-lane ones (6 x 16): equal to the bit. The AVX2 build is made
+  and run in a subprocess ($SFMNET_CPU_KERNELS_FLAGS=-mno-avx512f)."""
   out = tmp_path / "avx2.npz"
-  tests = os.path.dirname(os.path.abspath(__file__))
-  env = dict(os.environ, SFMNET_CPU_KERNELS_FLAGS="-mno-avx512f",
-             PYTHONPATH=os.pathsep.join([os.path.dirname(tests), tests]))
-  code = f"import test_cpu_kernels as t; t.kernel_outputs({str(out)!r})"
-  done = subprocess.run([sys.executable, "-c", code], env=env, cwd=os.path.dirname(tests),
-                        capture_output=True, text=True, timeout=600, check=False)
-  assert done.returncode == 0, done.stderr[-3000:]
-  avx2 = np.load(out)
+  avx2 = _in_subprocess(f"kernel_outputs({str(out)!r})", out,
+                        SFMNET_CPU_KERNELS_FLAGS="-mno-avx512f")
   assert str(avx2["library"]) != cpu_kernels.library_path()  # another build, not this one
   got = kernel_outputs()
   assert set(got) == set(avx2.files) - {"library"}

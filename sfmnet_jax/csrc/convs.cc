@@ -71,14 +71,37 @@ void GemmTile(const float* a, long ci, const float* b, long vstride, float* out,
   StoreTile(s, out, ldo, lanes);
 }
 
-// Whether a block of `lanes` output channels (the rest of the 16 are zero
-// padding) needs the full register tile; up to 8 (a conv to RGB), one 8-lane
-// vector per row does.
-inline bool FullTile(int lanes) { return lanes > 8; }
-
 struct Dims {
   long n, h, w, ci, co, blocks;
 };
+
+// Calls tile(mr, nv, vec, b, r, vstride, lanes) for every register tile of m output
+// rows against all packed kernel blocks (block_size floats each): rows r .. r + MR - 1
+// (mr a RowCount), NV vectors of type V (nv an integral_constant, vec a V) from block
+// b on, `vstride` floats apart in the packed kernel, `lanes` output channels stored.
+// With 16-lane vectors blocks go in pairs; a block of up to 8 channels (a conv to RGB;
+// the rest is zero padding) takes one 8-lane vector per row.
+template <typename F>
+void ForBlockTiles(long m, const Dims& s, long block_size, F tile) {
+  long b = 0;
+  if (kPairTiles)
+    for (; b + 1 < s.blocks; b += 2) {
+      const int lanes = static_cast<int>(std::min(2 * kBlock, s.co - b * kBlock));
+      RowTiles<kPairRows>(m, [&](auto mr, long r) {
+        tile(mr, std::integral_constant<int, 2>{}, BlockVec{}, b, r, block_size, lanes);
+      });
+    }
+  for (; b < s.blocks; ++b) {
+    const int lanes = static_cast<int>(std::min(kBlock, s.co - b * kBlock));
+    RowTiles<kTileRows>(m, [&](auto mr, long r) {
+      if (lanes > 8)
+        tile(mr, std::integral_constant<int, kBlockVecs>{}, BlockVec{}, b, r,
+             long{kLanes<BlockVec>}, lanes);
+      else
+        tile(mr, std::integral_constant<int, 1>{}, v8{}, b, r, 8L, lanes);
+    });
+  }
+}
 
 // Packs k (taps, ci, co) as kp[d / 16][t][c][d % 16], zero-padded to whole blocks.
 std::vector<float> Pack(const float* k, long taps, const Dims& s) {
@@ -126,67 +149,24 @@ void DirectRow(const float* x, const float* kp, const Dims& s, long row, float* 
     }
   float* orow = out + row * s.w * s.co;
   const float* at[3];
-  auto shift = [&](long p) {
-    for (int t = 0; t < taps; ++t) at[t] = rows[t] + p * s.ci;
-  };
   const long block_size = 9 * s.ci * kBlock;
-  long b = 0;
-  if (kPairTiles) {
-    for (; b + 1 < s.blocks; b += 2) {  // two blocks per tile
-      const float* kb = kp + b * block_size;
-      const int lanes = static_cast<int>(std::min(2 * kBlock, s.co - b * kBlock));
-      float* ob = orow + b * kBlock;
-      RowTiles<kPairRows>(s.w, [&](auto mr, long r) {
-        shift(r);
-        DirectTile<decltype(mr)::value, 2, BlockVec>(at, tap_i, taps, kb, block_size, s.ci,
-                                                     ob + r * s.co, s.co, lanes);
-      });
-    }
-  }
-  for (; b < s.blocks; ++b) {
-    const float* kb = kp + b * block_size;
-    const int lanes = static_cast<int>(std::min(kBlock, s.co - b * kBlock));
-    float* ob = orow + b * kBlock;
-    RowTiles<kTileRows>(s.w, [&](auto mr, long r) {
-      constexpr int MR = decltype(mr)::value;
-      shift(r);
-      if (FullTile(lanes))
-        DirectTile<MR, kBlockVecs, BlockVec>(at, tap_i, taps, kb, kLanes<BlockVec>, s.ci,
-                                             ob + r * s.co, s.co, lanes);
-      else
-        DirectTile<MR, 1, v8>(at, tap_i, taps, kb, 8, s.ci, ob + r * s.co, s.co, lanes);
-    });
-  }
+  ForBlockTiles(s.w, s, block_size,
+                [&](auto mr, auto nv, auto vec, long b, long r, long vstride, int lanes) {
+    for (int t = 0; t < taps; ++t) at[t] = rows[t] + r * s.ci;
+    DirectTile<decltype(mr)::value, decltype(nv)::value, decltype(vec)>(
+        at, tap_i, taps, kp + b * block_size, vstride, s.ci, orow + b * kBlock + r * s.co,
+        s.co, lanes);
+  });
 }
 
 // out[r, :] = a[r, :] @ kp for r < m (a rows of ci floats, out rows of co), all blocks.
 void GemmRows(const float* a, long m, const float* kp, const Dims& s, float* out) {
   const long ci = s.ci, co = s.co, block_size = ci * kBlock;
-  long b = 0;
-  if (kPairTiles) {
-    for (; b + 1 < s.blocks; b += 2) {  // two blocks per tile
-      const float* kb = kp + b * block_size;
-      float* o = out + b * kBlock;
-      const int lanes = static_cast<int>(std::min(2 * kBlock, co - b * kBlock));
-      RowTiles<kPairRows>(m, [&](auto mr, long r) {
-        GemmTile<decltype(mr)::value, 2, BlockVec>(a + r * ci, ci, kb, block_size, o + r * co,
-                                                   co, lanes);
-      });
-    }
-  }
-  for (; b < s.blocks; ++b) {
-    const float* kb = kp + b * block_size;
-    float* o = out + b * kBlock;
-    const int lanes = static_cast<int>(std::min(kBlock, co - b * kBlock));
-    RowTiles<kTileRows>(m, [&](auto mr, long r) {
-      constexpr int MR = decltype(mr)::value;
-      if (FullTile(lanes))
-        GemmTile<MR, kBlockVecs, BlockVec>(a + r * ci, ci, kb, kLanes<BlockVec>, o + r * co,
-                                           co, lanes);
-      else
-        GemmTile<MR, 1, v8>(a + r * ci, ci, kb, 8, o + r * co, co, lanes);
-    });
-  }
+  ForBlockTiles(m, s, block_size,
+                [&](auto mr, auto nv, auto vec, long b, long r, long vstride, int lanes) {
+    GemmTile<decltype(mr)::value, decltype(nv)::value, decltype(vec)>(
+        a + r * ci, ci, kp + b * block_size, vstride, out + b * kBlock + r * co, co, lanes);
+  });
 }
 
 struct WinogradScratch {
