@@ -18,9 +18,10 @@ def get_config():
   config.model = ml_collections.ConfigDict(dict(
       num_features=64, num_resblocks=2, num_heads=8, share_fusion_attention=True,
       remat=False,  # recompute blocks in the backward pass (less memory, slower)
-      # CPU 3x3 convs: "auto" (Winograd in the spatial branch, direct in the frequency
-      # branch: the release's numbers) | "direct" | "winograd" (everywhere: fastest, its
-      # rounding can flip phases; see README "Training speed").
+      # CPU 3x3 convs: "auto" (Winograd F(4x4, 3x3) in the spatial branch, direct in the
+      # frequency branch: the release's numbers) | "direct" | "winograd" / "winograd4"
+      # (F(2x2, 3x3) / F(4x4, 3x3) everywhere: its rounding can flip phases; see README
+      # "Training speed").
       conv_algorithm="auto"))
 
   config.data = ml_collections.ConfigDict(dict(

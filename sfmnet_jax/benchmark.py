@@ -1,7 +1,7 @@
 r"""Benchmarks that print numbers and write JSON (speed targets are checked here, not in tests).
 
   python -m sfmnet_jax.benchmark model [--dtype=bfloat16] [--batch_sizes=1,8,32]
-                                       [--conv_algorithm=auto|direct|winograd]
+                                       [--conv_algorithm=auto|direct|winograd|winograd4]
                                        [--train_batch=8] [--notrain] [--remat] [--repeats=5]
   python -m sfmnet_jax.benchmark compare --release_dir=PATH/TO/SFMNet [--widths=16,32,64]
                                          [--conv_algorithms=auto,winograd] [--rounds=1]
@@ -196,7 +196,7 @@ def define_flags(fv):
   f.DEFINE_integer("train_batch", 8, "Global batch of the train steps.", flag_values=fv)
   f.DEFINE_list("stages", ["psnr", "gan"], "Train steps to time.", flag_values=fv)
   f.DEFINE_bool("train", True, "Time the train steps.", flag_values=fv)
-  f.DEFINE_enum("conv_algorithm", "auto", ["auto", "direct", "winograd"],
+  f.DEFINE_enum("conv_algorithm", "auto", ["auto", "direct", "winograd", "winograd4"],
                 "model.conv_algorithm (model, profile).", flag_values=fv)
   f.DEFINE_bool("remat", False, "Recompute the blocks in the backward pass (model.remat).", flag_values=fv)
   # profile

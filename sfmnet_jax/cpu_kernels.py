@@ -4,10 +4,10 @@
 XLA's own thread pool, rows split across threads):
 - dense 3x3 convs directly, with a 6 x 16 register tile (8 x 32 or 16 x 16
   with AVX-512) over all 9 * Ci products (the default: the release's numbers), or, under
-  `conv_algorithm("winograd")` and where Ci and Co are multiples of 8, by
-  Winograd's F(2x2, 3x3) (16 products per 2x2 output tile instead of 36); the
-  input gradient is the same conv of the output gradient with the flipped,
-  transposed kernel;
+  `conv_algorithm("winograd")` / `("winograd4")` and where Ci and Co are multiples
+  of 8, by Winograd's F(2x2, 3x3) (16 products per 2x2 output tile instead of 36)
+  or F(4x4, 3x3) (36 per 4x4 tile instead of 144); the input gradient is the
+  same conv of the output gradient with the flipped, transposed kernel;
 - depthwise 3x3 convs (and their input gradients, with the flipped kernel) as
   nine vectorised multiply-adds per pixel, where XLA:CPU spends a padded copy
   and a slow strided fusion;
@@ -58,16 +58,18 @@ SOURCES = tuple(os.path.join(CSRC, f) for f in ("convs.cc", "conv_grads.cc"))
 HEADERS = (os.path.join(CSRC, "kernels.h"),)
 TARGETS = {"sfmnet_conv3x3": "SfmnetConv3x3",
            "sfmnet_conv3x3_winograd": "SfmnetConv3x3Winograd",
+           "sfmnet_conv3x3_winograd4": "SfmnetConv3x3Winograd4",
            "sfmnet_depthwise3x3": "SfmnetDepthwise3x3",
            "sfmnet_conv1x1": "SfmnetConv1x1",
            "sfmnet_conv1x1_kernel_grad": "SfmnetConv1x1KernelGrad",
            "sfmnet_conv3x3_kernel_grad": "SfmnetConv3x3KernelGrad",
            "sfmnet_conv3x3_kernel_grad_winograd": "SfmnetConv3x3KernelGradWinograd",
+           "sfmnet_conv3x3_kernel_grad_winograd4": "SfmnetConv3x3KernelGradWinograd4",
            "sfmnet_depthwise3x3_kernel_grad": "SfmnetDepthwise3x3KernelGrad",
            "sfmnet_channel_sum": "SfmnetChannelSum"}
 # Calls whose result is (N, H, W, C): 9 multiply-adds per output and input channel
 # (Winograd's are counted as the direct sum's, so its GFLOP/s are "effective").
-FORWARD_TARGETS = ("sfmnet_conv3x3", "sfmnet_conv3x3_winograd")
+FORWARD_TARGETS = ("sfmnet_conv3x3", "sfmnet_conv3x3_winograd", "sfmnet_conv3x3_winograd4")
 CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "sfmnet_jax", "kernels")
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w")
 # Extra compiler flags, appended to FLAGS: e.g. `-mno-avx512f` builds the AVX2 kernels
@@ -154,7 +156,11 @@ def xla_conv_same(x, k):
                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
-ALGORITHMS = ("auto", "winograd", "direct")
+ALGORITHMS = ("auto", "winograd", "winograd4", "direct")
+# Forward targets by Winograd output tile (0: the direct sum).
+_FORWARD = {0: "sfmnet_conv3x3", 2: "sfmnet_conv3x3_winograd", 4: "sfmnet_conv3x3_winograd4"}
+_KERNEL_GRAD = {0: "sfmnet_conv3x3_kernel_grad", 2: "sfmnet_conv3x3_kernel_grad_winograd",
+                4: "sfmnet_conv3x3_kernel_grad_winograd4"}
 _ALGORITHM = contextvars.ContextVar("sfmnet_conv_algorithm", default="direct")
 
 
@@ -163,13 +169,16 @@ def conv_algorithm(name: str):
   """The algorithm that `layers.Conv` gives its 3x3 convs while tracing inside this block.
 
   "direct" (the default) sums like XLA's and the release's convs, and reproduces
-  the release's golden vector (error 3e-6); "winograd" (wherever both channel
-  counts are multiples of 8, direct elsewhere) needs 2.25x fewer multiplies but
-  rounds differently, which SFMNet's phase can amplify (see README, "Training
-  speed").
+  the release's golden vector (error 3e-6). The Winograd forms apply wherever
+  both channel counts are multiples of 8 (direct elsewhere): "winograd" is
+  F(2x2, 3x3), 2.25x fewer multiplies, rounding within a few ulps of the direct
+  sum; "winograd4" is F(4x4, 3x3), 4x fewer multiplies, faster from 32 x 32
+  images up, rounding ~15x more (relative error ~5e-6); "auto" takes the faster
+  of the two for each layer's image size (see `conv3x3`). All round differently
+  from the release, which SFMNet's phase can amplify (see README, "Training speed").
   """
-  if name not in ("direct", "winograd"):
-    raise ValueError(f"unknown conv algorithm {name!r}; 'direct' or 'winograd'")
+  if name not in ALGORITHMS:
+    raise ValueError(f"unknown conv algorithm {name!r}; one of {ALGORITHMS}")
   token = _ALGORITHM.set(name)
   try:
     yield
@@ -182,33 +191,45 @@ def conv_algorithm_name() -> str:
   return _ALGORITHM.get()
 
 
-def current_algorithm() -> str:
-  """The `algorithm` argument of `conv3x3` for a layer traced now: "direct" or "auto"."""
-  return "auto" if _ALGORITHM.get() == "winograd" else "direct"
+def _fits(ci: int, co: int) -> bool:
+  return ci % 8 == 0 and co % 8 == 0
 
 
-def _winograd(ci: int, co: int, algorithm: str, auto_min: int = 8) -> bool:
-  """Whether a dense 3x3 conv's kernel uses Winograd (`algorithm` one of ALGORITHMS).
+def layer_algorithm(ci: int, co: int) -> str:
+  """The `algorithm` argument of `conv3x3` for a Ci -> Co layer traced now: the
+  `conv_algorithm` block's, or "direct" where Winograd does not apply."""
+  name = _ALGORITHM.get()
+  return name if name == "auto" or _fits(ci, co) else "direct"
 
-  "auto" picks it when both channel counts are multiples of 8 and at least `auto_min`.
+
+def _winograd_tile(ci: int, co: int, algorithm: str, auto: int) -> int:
+  """The Winograd output tile (2 or 4) a dense 3x3 conv's kernel uses, or 0 (direct).
+
+  `algorithm` is one of ALGORITHMS; "auto" gives `auto` where both channel counts
+  are multiples of 8.
   """
   if algorithm not in ALGORITHMS:
     raise ValueError(f"unknown conv algorithm {algorithm!r}; one of {ALGORITHMS}")
-  fits = ci % 8 == 0 and co % 8 == 0
-  if algorithm == "winograd" and not fits:
+  fits = _fits(ci, co)
+  if algorithm.startswith("winograd") and not fits:
     raise ValueError(f"Winograd needs channel counts that are multiples of 8, got {ci} -> {co}")
-  return algorithm == "winograd" or (algorithm == "auto" and fits and min(ci, co) >= auto_min)
+  if algorithm == "auto":
+    return auto if fits else 0
+  return {"direct": 0, "winograd": 2, "winograd4": 4}[algorithm]
 
 
 def conv3x3(x: jax.Array, k: jax.Array, algorithm: str = "auto") -> jax.Array:
   """A 3x3, stride-1, padding-1 NHWC conv: the C++ kernel on CPUs (float32), else XLA's.
 
-  `algorithm`: "winograd" (Ci and Co multiples of 8), "direct", or "auto" (the
-  first where it applies).
+  `algorithm`: "winograd" (F(2x2, 3x3)) or "winograd4" (F(4x4, 3x3)), both for Ci and
+  Co multiples of 8; "direct"; or "auto": where channel counts allow, F(4x4, 3x3)
+  on images of at least 32 x 32 and F(2x2, 3x3) on smaller ones, else direct
+  (8 images, 2-core Xeon, AVX-512: 128x128 32->32 F2 6.5 ms, F4 5.4 ms; 64x64 1.45,
+  1.25 ms; 16x16 64->64 0.53, 0.71 ms).
   """
-  wino = _winograd(x.shape[-1], k.shape[-1], algorithm)
-  return _call("sfmnet_conv3x3_winograd" if wino else "sfmnet_conv3x3",
-               (*x.shape[:3], k.shape[-1]), xla_conv_same, x, k)
+  tile = _winograd_tile(x.shape[-1], k.shape[-1], algorithm,
+                        auto=4 if min(x.shape[1:3]) >= 32 else 2)
+  return _call(_FORWARD[tile], (*x.shape[:3], k.shape[-1]), xla_conv_same, x, k)
 
 
 def xla_conv1x1(x, k):
@@ -254,13 +275,16 @@ def xla_conv3x3_kernel_grad(x, g):
 def conv3x3_kernel_grad(x: jax.Array, g: jax.Array, algorithm: str = "auto") -> jax.Array:
   """dK (3, 3, Ci, Co) of a 3x3, stride-1, padding-1 NHWC conv, from its input and output gradient.
 
-  `algorithm` as for `conv3x3`, but "auto" uses Winograd only from 32 channels
-  in and out: below that its transforms cost what it saves (8x128x128, 2-core
-  AVX2: 16->16 6.4 ms either way; 32->32 22 -> 17 ms; 64->64 82-94 -> 62-70 ms).
+  `algorithm` as for `conv3x3`, but "auto" uses F(2x2, 3x3) only from 32 channels
+  in and out, and direct below: there Winograd's transforms cost what it saves
+  (8x128x128, 2-core AVX2: 16->16 6.4 ms either way; 32->32 22 -> 17 ms; 64->64
+  82-94 -> 62-70 ms). F(4x4, 3x3) ("winograd4") saves no time here: its output
+  gradient transform costs what its GEMMs save (2-core Xeon, AVX-512, 8x128x128
+  64->64: F2 36 ms, F4 41 ms), and it rounds ~5x more.
   """
-  wino = _winograd(x.shape[-1], g.shape[-1], algorithm, auto_min=32)
-  return _call("sfmnet_conv3x3_kernel_grad_winograd" if wino else "sfmnet_conv3x3_kernel_grad",
-               (3, 3, x.shape[-1], g.shape[-1]), xla_conv3x3_kernel_grad, x, g)
+  ci, co = x.shape[-1], g.shape[-1]
+  tile = _winograd_tile(ci, co, algorithm, auto=2 if min(ci, co) >= 32 else 0)
+  return _call(_KERNEL_GRAD[tile], (3, 3, ci, co), xla_conv3x3_kernel_grad, x, g)
 
 
 def depthwise3x3_kernel_grad(x: jax.Array, g: jax.Array, xla_grad) -> jax.Array:

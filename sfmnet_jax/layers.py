@@ -167,7 +167,7 @@ class Conv(nn.Module):
     if k == 1:  # a matmul over pixels
       y = conv1x1(x, kernel[0, 0])
     elif k == 3:
-      y = conv3x3(x, kernel, cpu_kernels.current_algorithm())
+      y = conv3x3(x, kernel, cpu_kernels.layer_algorithm(cin, self.features))
     else:
       y = cpu_kernels.xla_conv_same(x, kernel)
     if self.use_bias:

@@ -15,6 +15,8 @@ from sfmnet_jax.layers import (ConvAct, Down, Up, abstract_variables, host_init,
 Dtype = Any
 
 NUM_FUSE_BLOCKS = 14
+# model.conv_algorithm values (see SFMNet).
+CONV_ALGORITHMS = ("auto", "direct", "winograd", "winograd4")
 
 
 def check_image_batch(x, multiple: int = 8, name: str = "lr_up") -> None:
@@ -53,15 +55,17 @@ class SFMNet(nn.Module):
       (float32 on CPUs only; see `cpu_kernels.conv_algorithm`; the backward
       uses Winograd where it can either way):
       - "auto" (default): Winograd in the spatial branch (the ResidualGroups,
-        FuseBlocks, Down/Up and head/tail convs of `img_out`), direct in the
-        frequency branch. Nothing of the spatial branch flows into a
-        FreqBlock, so Winograd's rounding reaches no phase and stays at
-        rounding level in `img_out`, while `img_fre` and the phases are
-        summed as in the release: the golden vector is reproduced.
+        FuseBlocks, Down/Up and head/tail convs of `img_out`; F(4x4, 3x3) on
+        images from 32 x 32, F(2x2, 3x3) on smaller ones: `cpu_kernels.conv3x3`),
+        direct in the frequency branch. Nothing of the spatial branch flows
+        into a FreqBlock, so Winograd's rounding reaches no phase and stays at
+        rounding level in `img_out`, while `img_fre` and the phases are summed
+        as in the release: the golden vector is reproduced.
       - "direct": direct everywhere (the release's sums).
-      - "winograd": Winograd everywhere (where channel counts are multiples
-        of 8): fastest, but its rounding in the frequency branch can flip a
-        phase by 2 pi, which moves outputs by up to ~3e-2 from the release's.
+      - "winograd" / "winograd4": Winograd F(2x2, 3x3) / F(4x4, 3x3)
+        everywhere (where channel counts are multiples of 8): fastest, but
+        its rounding in the frequency branch can flip a phase by 2 pi, which
+        moves outputs by up to ~3e-2 from the release's.
     remat: recompute each FreqBlock, ResidualGroup and FuseBlock in the backward
       pass instead of storing its activations (`layers.recompute_in_backward`,
       a rematerialisation that XLA:CPU does not undo): the same
@@ -78,15 +82,15 @@ class SFMNet(nn.Module):
 
   def __call__(self, lr_up):
     check_image_batch(lr_up)
-    if self.conv_algorithm not in ("auto", "direct", "winograd"):
-      raise ValueError(f"unknown conv_algorithm {self.conv_algorithm!r}; "
-                       "'auto', 'direct' or 'winograd'")
+    if self.conv_algorithm not in CONV_ALGORITHMS:
+      raise ValueError(f"unknown conv_algorithm {self.conv_algorithm!r}; one of "
+                       f"{CONV_ALGORITHMS}")
     return self._generate(lr_up)
 
   def _branch(self, name: str):
     """The conv algorithm context of the frequency (`name="fre"`) or spatial branch."""
     if self.conv_algorithm == "auto":
-      return cpu_kernels.conv_algorithm("direct" if name == "fre" else "winograd")
+      return cpu_kernels.conv_algorithm("direct" if name == "fre" else "auto")
     return cpu_kernels.conv_algorithm(self.conv_algorithm)
 
   @nn.compact

@@ -36,10 +36,14 @@ SHAPES = [(2, 9, 11, 5, 19), (1, 7, 6, 16, 3), (3, 5, 70, 3, 16), (2, 4, 4, 24, 
           (1, 1, 1, 2, 2), (2, 8, 8, 13, 17), (1, 3, 40, 32, 48)]
 
 
-# Winograd's shapes (channels multiples of 8): odd H and W (partial 2x2 tiles), rows
-# of more than one block of tiles (W = 40, 70), a 1x1 image, 16 -> 8 and 8 -> 24.
+# Winograd's shapes (channels multiples of 8): H and W that leave partial 2x2 and 4x4
+# tiles (9, 11, 7, 6, 5, 3, 1, 70), rows of more than one block of tiles (W = 40, 70),
+# a 1x1 image, 16 -> 8 and 8 -> 24.
 WINOGRAD_SHAPES = [(2, 9, 11, 8, 16), (1, 7, 6, 16, 8), (3, 5, 70, 24, 16), (2, 4, 4, 8, 24),
-                   (1, 1, 1, 8, 8), (1, 3, 40, 32, 48)]
+                   (1, 1, 1, 8, 8), (1, 3, 40, 32, 48), (1, 12, 52, 16, 16)]
+WINOGRAD = ("winograd", "winograd4")
+FORWARD_TARGET = {"direct": "sfmnet_conv3x3", "winograd": "sfmnet_conv3x3_winograd",
+                  "winograd4": "sfmnet_conv3x3_winograd4"}
 
 
 def _conv(x, k, depthwise):
@@ -56,35 +60,55 @@ def _lowers_to(fn, target, *args):
 
 
 @pytest.mark.parametrize("algorithm,shape", [("direct", s) for s in SHAPES] +
-                         [("winograd", s) for s in WINOGRAD_SHAPES])
+                         [(a, s) for a in WINOGRAD for s in WINOGRAD_SHAPES])
 def test_dense_conv_equals_float64_sum(algorithm, shape):
   n, h, w, ci, co = shape
   rng = np.random.default_rng(sum(shape) + 2)
   x = rng.standard_normal((n, h, w, ci)).astype(np.float32)
   k = rng.standard_normal((3, 3, ci, co)).astype(np.float32)
   fn = lambda x, k: cpu_kernels.conv3x3(x, k, algorithm)  # noqa: E731
-  target = "sfmnet_conv3x3_winograd" if algorithm == "winograd" else "sfmnet_conv3x3"
-  assert _lowers_to(fn, target, x, k)
+  assert _lowers_to(fn, FORWARD_TARGET[algorithm], x, k)
   want = _conv(x, k, depthwise=False)
   got = jax.jit(fn)(x, k)
   assert got.shape == (n, h, w, co)
-  np.testing.assert_allclose(got, want, rtol=0, atol=2e-6 * np.abs(want).max())
+  # F(4x4, 3x3) transforms with coefficients up to 8 (A) and 5 (B): ~10x the rounding.
+  tol = 2e-5 if algorithm == "winograd4" else 2e-6
+  np.testing.assert_allclose(got, want, rtol=0, atol=tol * np.abs(want).max())
 
 
 def test_auto_algorithm_and_bad_requests():
   x = np.zeros((1, 4, 4, 8), np.float32)
+  # F(2x2, 3x3) below 32 x 32 images, F(4x4, 3x3) from there; direct for other channels.
   assert _lowers_to(cpu_kernels.conv3x3, "sfmnet_conv3x3_winograd", x, np.zeros((3, 3, 8, 16)))
+  for shape in ((1, 32, 32, 8), (2, 40, 33, 8)):
+    assert _lowers_to(cpu_kernels.conv3x3, "sfmnet_conv3x3_winograd4", np.zeros(shape, np.float32),
+                      np.zeros((3, 3, 8, 16)))
+  assert not _lowers_to(cpu_kernels.conv3x3, "sfmnet_conv3x3_winograd4",
+                        np.zeros((1, 31, 64, 8), np.float32), np.zeros((3, 3, 8, 16)))
   assert _lowers_to(cpu_kernels.conv3x3, "sfmnet_conv3x3", x, np.zeros((3, 3, 8, 3)))
+  # Inside a conv_algorithm block, layers get its name where channel counts allow.
+  with cpu_kernels.conv_algorithm("winograd4"):
+    assert cpu_kernels.layer_algorithm(8, 16) == "winograd4"
+    assert cpu_kernels.layer_algorithm(3, 16) == "direct"
+  with cpu_kernels.conv_algorithm("auto"):
+    assert cpu_kernels.layer_algorithm(3, 16) == "auto"
+  assert cpu_kernels.layer_algorithm(8, 16) == "direct"
   # Kernel gradients use Winograd from 32 channels in and out.
   assert _lowers_to(cpu_kernels.conv3x3_kernel_grad, "sfmnet_conv3x3_kernel_grad", x,
                     np.zeros((1, 4, 4, 16), np.float32))
   x32 = np.zeros((1, 4, 4, 32), np.float32)
   assert _lowers_to(cpu_kernels.conv3x3_kernel_grad, "sfmnet_conv3x3_kernel_grad_winograd",
                     x32, x32)
-  with pytest.raises(ValueError, match="multiples of 8"):
-    cpu_kernels.conv3x3(x, np.zeros((3, 3, 8, 3), np.float32), "winograd")
+  for algorithm in WINOGRAD:
+    with pytest.raises(ValueError, match="multiples of 8"):
+      cpu_kernels.conv3x3(x, np.zeros((3, 3, 8, 3), np.float32), algorithm)
+    with pytest.raises(ValueError, match="multiples of 8"):
+      cpu_kernels.conv3x3_kernel_grad(x, np.zeros((1, 4, 4, 12), np.float32), algorithm)
   with pytest.raises(ValueError, match="unknown conv algorithm"):
     cpu_kernels.conv3x3(x, np.zeros((3, 3, 8, 8), np.float32), "fft")
+  with pytest.raises(ValueError, match="unknown conv algorithm"):
+    with cpu_kernels.conv_algorithm("fft"):
+      pass
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -175,20 +199,21 @@ def test_depthwise_conv_equals_float64_sum(shape):
 
 
 @pytest.mark.parametrize("algorithm,shape", [("direct", s) for s in SHAPES] +
-                         [("winograd", s) for s in WINOGRAD_SHAPES])
+                         [(a, s) for a in WINOGRAD for s in WINOGRAD_SHAPES])
 def test_dense_kernel_grad_equals_float64_sum(algorithm, shape):
   n, h, w, ci, co = shape
   rng = np.random.default_rng(sum(shape))
   x = rng.standard_normal((n, h, w, ci)).astype(np.float32)
   g = rng.standard_normal((n, h, w, co)).astype(np.float32)
   fn = lambda x, g: cpu_kernels.conv3x3_kernel_grad(x, g, algorithm)  # noqa: E731
-  target = "sfmnet_conv3x3_kernel_grad" + ("_winograd" if algorithm == "winograd" else "")
+  target = FORWARD_TARGET[algorithm].replace("conv3x3", "conv3x3_kernel_grad")
   assert _lowers_to(fn, target, x, g)
   got = jax.jit(fn)(x, g)
   want = _taps(x, g, depthwise=False)
   assert got.shape == (3, 3, ci, co)
-  # Winograd sums transformed values up to 4x larger than x * g.
-  tol = 4e-6 if algorithm == "winograd" else 2e-6
+  # Winograd sums transformed values up to 4x (F(2x2, 3x3)) and 100x (F(4x4, 3x3))
+  # larger than x * g.
+  tol = {"winograd": 4e-6, "winograd4": 3e-5}.get(algorithm, 2e-6)
   np.testing.assert_allclose(got, want, rtol=0, atol=tol * np.abs(want).max())
 
 
@@ -207,7 +232,7 @@ def test_depthwise_kernel_grad_equals_float64_sum(shape):
                              rtol=0, atol=2e-5 * np.abs(want).max())
 
 
-@pytest.mark.parametrize("algorithm", ["direct", "winograd"])
+@pytest.mark.parametrize("algorithm", ["direct", "winograd", "winograd4"])
 def test_kernel_grads_are_reproducible_bit_for_bit(algorithm):
   """Fixed row chunks summed in order: no dependence on which thread ran which rows."""
   rng = np.random.default_rng(3)
@@ -312,7 +337,9 @@ def test_block_gradients_equal_xla_gradients(tmp_path):
   ref, moved = _xla_gradients(tmp_path, 0.0), _xla_gradients(tmp_path, 1e-6)
   for algorithm, targets, tol in (
       ("direct", ("sfmnet_conv3x3", "sfmnet_conv3x3_kernel_grad"), 1e-5),
-      ("winograd", ("sfmnet_conv3x3_winograd", "sfmnet_conv3x3_kernel_grad_winograd"), 2e-5)):
+      ("winograd", ("sfmnet_conv3x3_winograd", "sfmnet_conv3x3_kernel_grad_winograd"), 2e-5),
+      # (kernel gradients: F(2x2, 3x3) from 32 channels whatever the forward's algorithm)
+      ("winograd4", ("sfmnet_conv3x3_winograd4", "sfmnet_conv3x3_kernel_grad_winograd"), 2e-5)):
     got, hlo = block_gradients(algorithm=algorithm)
     for target in targets + ("sfmnet_depthwise3x3", "sfmnet_conv1x1", "sfmnet_channel_sum",
                              "sfmnet_conv1x1_kernel_grad", "sfmnet_depthwise3x3_kernel_grad"):
@@ -334,7 +361,7 @@ def kernel_outputs(path=None):
   g = rng.standard_normal((2, 9, 37, 40)).astype(np.float32)
   k = rng.standard_normal((3, 3, 24, 40)).astype(np.float32)
   out = {"dw_k": rng.standard_normal((3, 3, 24)).astype(np.float32)}
-  for algorithm in ("direct", "winograd"):
+  for algorithm in ("direct", "winograd", "winograd4"):
     out[f"conv_{algorithm}"] = cpu_kernels.conv3x3(x, k, algorithm)
     out[f"kgrad_{algorithm}"] = cpu_kernels.conv3x3_kernel_grad(x, g, algorithm)
   out["conv_rgb"] = cpu_kernels.conv3x3(x, k[..., :3], "direct")

@@ -65,24 +65,29 @@ def _shapes(model):
 @pytest.mark.skipif(not cpu_kernels.available(), reason="the C++ kernels could not be built here")
 def test_auto_conv_algorithm_keeps_winograd_out_of_the_frequency_branch():
   """`conv_algorithm="auto"` (the default, which the golden test runs): Winograd's forward
-  convs only in the spatial branch, whose values reach no phase; the frequency branch
-  sums directly. "direct" uses no Winograd forward, "winograd" uses it in both branches."""
+  convs only in the spatial branch, whose values reach no phase (F(4x4, 3x3) at the
+  32 x 32 level, F(2x2, 3x3) below); the frequency branch sums directly. "direct" uses
+  no Winograd forward, "winograd" and "winograd4" their own form in both branches."""
   from sfmnet_jax import benchmark_profile
 
-  x = jax.ShapeDtypeStruct((1, 16, 16, 3), jnp.float32)
+  x = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
+  kinds = ("sfmnet_conv3x3", "sfmnet_conv3x3_winograd", "sfmnet_conv3x3_winograd4")
   lowered = {}
-  for algorithm in ("auto", "direct", "winograd"):
+  for algorithm in ("auto", "direct", "winograd", "winograd4"):
     model = SFMNet(num_features=8, conv_algorithm=algorithm)
-    lowered[algorithm] = jax.jit(model.apply).lower(abstract_variables(model, (16, 16)), x)
+    lowered[algorithm] = jax.jit(model.apply).lower(abstract_variables(model, (32, 32)), x)
   # The compiled module names each call's block (the lowered one has no metadata).
   table = benchmark_profile.op_table(lowered["auto"].compile().as_text()).values()
   placed = {kind: {"fre" if "_fre" in block else "spa" for k, block in table if k == kind}
-            for kind in ("sfmnet_conv3x3", "sfmnet_conv3x3_winograd")}
+            for kind in kinds}
   # The heads (3 -> C) and tails (C -> 3) sum directly in both branches whatever the option.
-  assert placed == {"sfmnet_conv3x3": {"fre", "spa"}, "sfmnet_conv3x3_winograd": {"spa"}}, placed
-  count = {a: lowered[a].as_text("hlo").count('custom_call_target="sfmnet_conv3x3_winograd"')
-           for a in lowered}
-  assert count["direct"] == 0 < count["auto"] < count["winograd"], count
+  assert placed == {kinds[0]: {"fre", "spa"}, kinds[1]: {"spa"}, kinds[2]: {"spa"}}, placed
+  count = {a: {kind: lowered[a].as_text("hlo").count(f'custom_call_target="{kind}"')
+               for kind in kinds[1:]} for a in lowered}
+  f2, f4 = kinds[1:]
+  assert count["direct"] == {f2: 0, f4: 0}, count
+  assert 0 < count["auto"][f2] < count["winograd"][f2] and count["winograd"][f4] == 0, count
+  assert 0 < count["auto"][f4] < count["winograd4"][f4] and count["winograd4"][f2] == 0, count
   with pytest.raises(ValueError, match="unknown conv_algorithm"):
     SFMNet(num_features=8, conv_algorithm="fft").init(jax.random.key(0), np.zeros((1, 8, 8, 3)))
 

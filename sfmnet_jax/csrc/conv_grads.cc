@@ -224,60 +224,66 @@ bool KernelGradDims(const Dims& xd, const Dims& gd, const Dims& od) {
          od[3] == gd[3];
 }
 
-// Winograd F(2x2, 3x3) kernel gradient. Per tile, the forward is
+// Winograd F(M x M, 3x3) kernel gradient. Per tile, the forward is
 // y = A^T [(G k G^T) . (B^T d B)] A, so dk = G^T [sum_tiles (A g A^T) . (B^T d B)] G:
-// 16 GEMMs dU[p] += V[p]^T M[p] over the tiles (V the input transform, M the
+// N * N GEMMs dU[p] += V[p]^T M[p] over the tiles (V the input transform, M the
 // output gradient's), then one transform of dU, in double.
 constexpr long kGradTiles = 16;
 
-// Adds tile row `tile_row` (image tile_row / tiles_h, output rows 2 ty, 2 ty + 1)
-// to du[16][ci][co]; pad holds 4 rows of (2 tiles_w + 2) pixels of x, gpad 2
-// rows of 2 tiles_w pixels of g, v and m kGradTiles tiles of 16 positions.
+// Adds tile row `tile_row` (image tile_row / tiles_h, output rows M ty .. M ty + M - 1)
+// to du[N * N][ci][co]; pad holds N rows of (M tiles_w + 2) pixels of x, gpad M
+// rows of M tiles_w pixels of g, v and m kGradTiles tiles of N * N positions.
+template <typename F>
 void AddTileRow(const float* x, const float* g, const Shape& s, long tile_row, float* du,
                 float* pad, float* gpad, float* v, float* m) {
-  const long tiles_h = (s.h + 1) / 2, tiles_w = (s.w + 1) / 2;
-  const long n = tile_row / tiles_h, y0 = 2 * (tile_row % tiles_h);
-  const long ci = s.ci, co = s.co, stride = (2 * tiles_w + 2) * ci;
-  PadRows(x, n, s.h, s.w, ci, y0 - 1, 4, stride, pad);
-  // g's two rows, read in place where they fill whole tiles, else zero-padded in gpad.
-  const long gstride = 2 * tiles_w * co;
+  constexpr int M = F::M, N = F::N;
+  const long tiles_h = (s.h + M - 1) / M, tiles_w = (s.w + M - 1) / M;
+  const long n = tile_row / tiles_h, y0 = M * (tile_row % tiles_h);
+  const long ci = s.ci, co = s.co, stride = (M * tiles_w + 2) * ci;
+  PadRows(x, n, s.h, s.w, ci, y0 - 1, N, stride, pad);
+  // g's M rows, read in place where they fill whole tiles, else zero-padded in gpad.
+  const long gstride = M * tiles_w * co;
   const float* grows = g + ((n * s.h + y0) * s.w) * co;
-  if (s.w % 2 != 0 || y0 + 1 >= s.h) {
-    std::fill(gpad, gpad + 2 * gstride, 0.0f);
-    for (int r = 0; r < 2; ++r)
+  if (s.w % M != 0 || y0 + M > s.h) {
+    std::fill(gpad, gpad + M * gstride, 0.0f);
+    for (int r = 0; r < M; ++r)
       if (y0 + r < s.h)
         std::memcpy(gpad + r * gstride, grows + r * s.w * co, sizeof(float) * s.w * co);
     grows = gpad;
   }
   for (long t0 = 0; t0 < tiles_w; t0 += kGradTiles) {
     const long nt = std::min(kGradTiles, tiles_w - t0);
-    WinogradInput(pad + 2 * t0 * ci, stride, nt, ci, v);
+    WinogradInput<F>(pad + M * t0 * ci, stride, nt, ci, v);
     ForChannelVectors(co, [&](auto vec) {
       using V = decltype(vec);
       for (long t = 0; t < nt; ++t) {
-        const float* g0 = grows + 2 * (t0 + t) * co;
-        const float* g1 = g0 + gstride;
+        const float* g0 = grows + M * (t0 + t) * co;
         for (long d = 0; d < co; d += kLanes<V>) {
-          const V a = Load<V>(g0 + d), b = Load<V>(g0 + co + d), c = Load<V>(g1 + d),
-                  e = Load<V>(g1 + co + d);
-          const V r[4][2] = {{a, b}, {a + c, b + e}, {a - c, b - e}, {-c, -e}};  // A g
-          for (int i = 0; i < 4; ++i) {  // (A g) A^T
-            float* mi = m + (4 * i * nt + t) * co + d;
-            store(mi, r[i][0]);
-            store(mi + nt * co, r[i][0] + r[i][1]);
-            store(mi + 2 * nt * co, r[i][0] - r[i][1]);
-            store(mi + 3 * nt * co, -r[i][1]);
+          V ag[N][M];  // A g
+          for (int j = 0; j < M; ++j) {
+            V col[M], y[N];
+            for (int i = 0; i < M; ++i) col[i] = Load<V>(g0 + i * gstride + j * co + d);
+            F::A(col, y);
+            for (int i = 0; i < N; ++i) ag[i][j] = y[i];
+          }
+          for (int i = 0; i < N; ++i) {  // (A g) A^T
+            V y[N];
+            F::A(ag[i], y);
+            float* mi = m + (N * i * nt + t) * co + d;
+            for (int j = 0; j < N; ++j) store(mi + j * nt * co, y[j]);
           }
         }
       }
     });
-    for (int p = 0; p < 16; ++p)
+    for (int p = 0; p < N * N; ++p)
       Gemm(v + p * nt * ci, m + p * nt * co, nt, ci, co, du + p * ci * co);
   }
 }
 
+template <typename F>
 ffi::Error KernelGradWinograd(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
                               ffi::Buffer<ffi::F32> g, ffi::ResultBuffer<ffi::F32> out) {
+  constexpr int M = F::M, N = F::N;
   const auto xd = x.dimensions();
   const auto gd = g.dimensions();
   if (!KernelGradDims(xd, gd, out->dimensions()) || xd[3] % 8 != 0 || gd[3] % 8 != 0)
@@ -285,30 +291,30 @@ ffi::Error KernelGradWinograd(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
         "sfmnet_conv3x3_kernel_grad_winograd: x (N, H, W, Ci), g (N, H, W, Co) -> "
         "(3, 3, Ci, Co), Ci and Co multiples of 8");
   const Shape s{xd[0], xd[1], xd[2], xd[3], gd[3]};
-  const long ci = s.ci, co = s.co, size = 16 * ci * co;
+  const long ci = s.ci, co = s.co, size = N * N * ci * co;
   const float* xp = x.typed_data();
   const float* gp = g.typed_data();
   const std::vector<float> partial = ChunkSums(
-      pool, s.w > 0 ? s.n * ((s.h + 1) / 2) : 0, size, [&](long tile_row, float* du) {
+      pool, s.w > 0 ? s.n * ((s.h + M - 1) / M) : 0, size, [&](long tile_row, float* du) {
         thread_local std::vector<float> pad, gpad, v, m;
-        const long tiles_w = (s.w + 1) / 2;
-        pad.resize(4 * (2 * tiles_w + 2) * ci);
-        gpad.resize(2 * 2 * tiles_w * co);
-        v.resize(16 * kGradTiles * ci);
-        m.resize(16 * kGradTiles * co);
-        AddTileRow(xp, gp, s, tile_row, du, pad.data(), gpad.data(), v.data(), m.data());
+        const long tiles_w = (s.w + M - 1) / M;
+        pad.resize(N * (M * tiles_w + 2) * ci);
+        gpad.resize(M * M * tiles_w * co);
+        v.resize(N * N * kGradTiles * ci);
+        m.resize(N * N * kGradTiles * co);
+        AddTileRow<F>(xp, gp, s, tile_row, du, pad.data(), gpad.data(), v.data(), m.data());
       });
   std::vector<double> du(size, 0.0);  // the chunks' sums, in order, in double
   for (size_t k = 0; k < partial.size(); ++k) du[k % size] += partial[k];
-  // dK[i, j] = sum_{a, b} G[a, i] G[b, j] dU[4 a + b].
+  // dK[i, j] = sum_{a, b} G[a, i] G[b, j] dU[N a + b].
   float* dk = out->typed_data();
   for (int i = 0; i < 3; ++i)
     for (int j = 0; j < 3; ++j)
       for (long k = 0; k < ci * co; ++k) {
         double sum = 0.0;
-        for (int a = 0; a < 4; ++a)
-          for (int b = 0; b < 4; ++b)
-            sum += kWinogradG[a][i] * kWinogradG[b][j] * du[(4 * a + b) * ci * co + k];
+        for (int a = 0; a < N; ++a)
+          for (int b = 0; b < N; ++b)
+            sum += F::G[a][i] * F::G[b][j] * du[(N * a + b) * ci * co + k];
         dk[(i * 3 + j) * ci * co + k] = static_cast<float>(sum);
       }
   return ffi::Error::Success();
@@ -380,8 +386,10 @@ ffi::Error ChannelSum(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> g,
 }  // namespace sfmnet
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SfmnetConv3x3KernelGrad, sfmnet::KernelGrad, SFMNET_BIND);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(SfmnetConv3x3KernelGradWinograd, sfmnet::KernelGradWinograd,
-                              SFMNET_BIND);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SfmnetConv3x3KernelGradWinograd,
+                              sfmnet::KernelGradWinograd<sfmnet::F2>, SFMNET_BIND);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SfmnetConv3x3KernelGradWinograd4,
+                              sfmnet::KernelGradWinograd<sfmnet::F4>, SFMNET_BIND);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SfmnetConv1x1KernelGrad, sfmnet::PointwiseKernelGrad, SFMNET_BIND);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SfmnetDepthwise3x3KernelGrad, sfmnet::DepthwiseKernelGrad,
                               SFMNET_BIND);

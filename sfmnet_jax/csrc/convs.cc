@@ -87,13 +87,13 @@ void ForBlockTiles(long m, const Dims& s, long block_size, F tile) {
   if (kPairTiles)
     for (; b + 1 < s.blocks; b += 2) {
       const int lanes = static_cast<int>(std::min(2 * kBlock, s.co - b * kBlock));
-      RowTiles<kPairRows>(m, [&](auto mr, long r) {
+      RowTiles<kPairRows, kPairExtra>(m, [&](auto mr, long r) {
         tile(mr, std::integral_constant<int, 2>{}, BlockVec{}, b, r, block_size, lanes);
       });
     }
   for (; b < s.blocks; ++b) {
     const int lanes = static_cast<int>(std::min(kBlock, s.co - b * kBlock));
-    RowTiles<kTileRows>(m, [&](auto mr, long r) {
+    RowTiles<kTileRows, kTileExtra>(m, [&](auto mr, long r) {
       if (lanes > 8)
         tile(mr, std::integral_constant<int, kBlockVecs>{}, BlockVec{}, b, r,
              long{kLanes<BlockVec>}, lanes);
@@ -114,21 +114,23 @@ std::vector<float> Pack(const float* k, long taps, const Dims& s) {
   return kp;
 }
 
-// U[p = 4 a + b][d / 16][c][d % 16] = (G k[:, :, c, d] G^T)[a, b], in double.
+// U[p = N a + b][d / 16][c][d % 16] = (G k[:, :, c, d] G^T)[a, b], in double.
+template <typename F>
 std::vector<float> PackWinograd(const float* k, const Dims& s) {
-  const auto& g = kWinogradG;
-  std::vector<float> u(16 * s.blocks * s.ci * kBlock, 0.0f);
+  constexpr int N = F::N;
+  const auto& g = F::G;
+  std::vector<float> u(N * N * s.blocks * s.ci * kBlock, 0.0f);
   for (long c = 0; c < s.ci; ++c)
     for (long d = 0; d < s.co; ++d) {
-      double gk[4][3] = {};
-      for (int a = 0; a < 4; ++a)
+      double gk[N][3] = {};
+      for (int a = 0; a < N; ++a)
         for (int j = 0; j < 3; ++j)
           for (int i = 0; i < 3; ++i) gk[a][j] += g[a][i] * k[((i * 3 + j) * s.ci + c) * s.co + d];
-      for (int a = 0; a < 4; ++a)
-        for (int b = 0; b < 4; ++b) {
+      for (int a = 0; a < N; ++a)
+        for (int b = 0; b < N; ++b) {
           double sum = 0;
           for (int j = 0; j < 3; ++j) sum += gk[a][j] * g[b][j];
-          u[((4 * a + b) * s.blocks + d / kBlock) * s.ci * kBlock + c * kBlock + d % kBlock] =
+          u[((N * a + b) * s.blocks + d / kBlock) * s.ci * kBlock + c * kBlock + d % kBlock] =
               static_cast<float>(sum);
         }
     }
@@ -173,39 +175,40 @@ struct WinogradScratch {
   std::vector<float> pad, v, m;
 };
 
-// Winograd: output rows 2 ty and 2 ty + 1 of image n, for tile row n * tiles_h + ty.
+// Winograd: output rows M ty .. M ty + M - 1 of image n, for tile row n * tiles_h + ty.
+template <typename F>
 void WinogradRow(const float* x, const float* u, const Dims& s, long tile_row, float* out,
                  WinogradScratch& w) {
-  const long tiles_h = (s.h + 1) / 2, tiles_w = (s.w + 1) / 2;
-  const long n = tile_row / tiles_h, y0 = 2 * (tile_row % tiles_h);
-  const long ci = s.ci, co = s.co, stride = (2 * tiles_w + 2) * ci;
-  PadRows(x, n, s.h, s.w, ci, y0 - 1, 4, stride, w.pad.data());
+  constexpr int M = F::M, N = F::N;
+  const long tiles_h = (s.h + M - 1) / M, tiles_w = (s.w + M - 1) / M;
+  const long n = tile_row / tiles_h, y0 = M * (tile_row % tiles_h);
+  const long ci = s.ci, co = s.co, stride = (M * tiles_w + 2) * ci;
+  PadRows(x, n, s.h, s.w, ci, y0 - 1, N, stride, w.pad.data());
+  const long rows = std::min<long>(M, s.h - y0);
   for (long t0 = 0; t0 < tiles_w; t0 += kTiles) {
     const long nt = std::min(kTiles, tiles_w - t0);
-    float* v = w.v.data();  // [16][nt][ci]
-    WinogradInput(w.pad.data() + 2 * t0 * ci, stride, nt, ci, v);
-    float* m = w.m.data();  // [16][nt][co]
-    for (int p = 0; p < 16; ++p)
+    float* v = w.v.data();  // [N * N][nt][ci]
+    WinogradInput<F>(w.pad.data() + M * t0 * ci, stride, nt, ci, v);
+    float* m = w.m.data();  // [N * N][nt][co]
+    for (int p = 0; p < N * N; ++p)
       GemmRows(v + p * nt * ci, nt, u + p * s.blocks * ci * kBlock, s, m + p * nt * co);
     ForChannelVectors(co, [&](auto vec) {
       using V = decltype(vec);
       for (long t = 0; t < nt; ++t) {
-        const long x0 = 2 * (t0 + t);
-        float* o0 = out + ((n * s.h + y0) * s.w + x0) * co;
-        float* o1 = o0 + s.w * co;
-        const bool row1 = y0 + 1 < s.h, col1 = x0 + 1 < s.w;
+        const long x0 = M * (t0 + t), cols = std::min<long>(M, s.w - x0);
+        float* o = out + ((n * s.h + y0) * s.w + x0) * co;
         for (long d = 0; d < co; d += kLanes<V>) {
-          V mm[4][4], am[2][4];
-          for (int p = 0; p < 16; ++p) mm[p / 4][p % 4] = Load<V>(m + (p * nt + t) * co + d);
-          for (int q = 0; q < 4; ++q) {  // A^T M
-            am[0][q] = mm[0][q] + mm[1][q] + mm[2][q];
-            am[1][q] = mm[1][q] - mm[2][q] - mm[3][q];
+          V am[M][N];  // A^T M
+          for (int q = 0; q < N; ++q) {
+            V col[N], y[M];
+            for (int r = 0; r < N; ++r) col[r] = Load<V>(m + ((N * r + q) * nt + t) * co + d);
+            F::AT(col, y);
+            for (int i = 0; i < M; ++i) am[i][q] = y[i];
           }
-          store(o0 + d, am[0][0] + am[0][1] + am[0][2]);  // (A^T M) A
-          if (col1) store(o0 + co + d, am[0][1] - am[0][2] - am[0][3]);
-          if (row1) {
-            store(o1 + d, am[1][0] + am[1][1] + am[1][2]);
-            if (col1) store(o1 + co + d, am[1][1] - am[1][2] - am[1][3]);
+          for (int i = 0; i < rows; ++i) {  // (A^T M) A
+            V y[M];
+            F::AT(am[i], y);
+            for (int j = 0; j < cols; ++j) store(o + (i * s.w + j) * co + d, y[j]);
           }
         }
       }
@@ -282,24 +285,26 @@ ffi::Error Direct(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi
   return ffi::Error::Success();
 }
 
+template <typename F>
 ffi::Error Winograd(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> k,
                     ffi::ResultBuffer<ffi::F32> out) {
+  constexpr int M = F::M, N = F::N;
   Dims s;
   if (!DenseDims(x, k, out, &s) || s.ci % 8 != 0 || s.co % 8 != 0)
     return ffi::Error::InvalidArgument(
         "sfmnet_conv3x3_winograd: x (N, H, W, Ci), k (3, 3, Ci, Co) -> (N, H, W, Co), "
         "Ci and Co multiples of 8");
   if (s.n * s.h * s.w == 0 || s.co == 0) return ffi::Error::Success();
-  const std::vector<float> u = PackWinograd(k.typed_data(), s);
+  const std::vector<float> u = PackWinograd<F>(k.typed_data(), s);
   const float* xp = x.typed_data();
   float* op = out->typed_data();
-  const long tile_rows = s.n * ((s.h + 1) / 2);
+  const long tile_rows = s.n * ((s.h + M - 1) / M);
   ParallelFor(pool, tile_rows, TaskSize(pool, tile_rows), [&](long begin, long end) {
     thread_local WinogradScratch w;
-    w.pad.resize(4 * (2 * ((s.w + 1) / 2) + 2) * s.ci);
-    w.v.resize(16 * kTiles * s.ci);
-    w.m.resize(16 * kTiles * s.co);
-    for (long t = begin; t < end; ++t) WinogradRow(xp, u.data(), s, t, op, w);
+    w.pad.resize(N * (M * ((s.w + M - 1) / M) + 2) * s.ci);
+    w.v.resize(N * N * kTiles * s.ci);
+    w.m.resize(N * N * kTiles * s.co);
+    for (long t = begin; t < end; ++t) WinogradRow<F>(xp, u.data(), s, t, op, w);
   });
   return ffi::Error::Success();
 }
@@ -359,6 +364,7 @@ ffi::Error Pointwise(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<
 }  // namespace sfmnet
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SfmnetConv3x3, sfmnet::Direct, SFMNET_BIND);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(SfmnetConv3x3Winograd, sfmnet::Winograd, SFMNET_BIND);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SfmnetConv3x3Winograd, sfmnet::Winograd<sfmnet::F2>, SFMNET_BIND);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SfmnetConv3x3Winograd4, sfmnet::Winograd<sfmnet::F4>, SFMNET_BIND);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SfmnetDepthwise3x3, sfmnet::Depthwise, SFMNET_BIND);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SfmnetConv1x1, sfmnet::Pointwise, SFMNET_BIND);

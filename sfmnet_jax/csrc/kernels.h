@@ -56,6 +56,10 @@ constexpr int kBlockVecs = 16 / kLanes<BlockVec>;
 // are that many: 8 rows x two vectors, 10 loads per 16 multiply-adds instead of 17.
 constexpr bool kPairTiles = kLanes<BlockVec> == 16;
 constexpr int kPairRows = 8;
+// Rows that may join a last whole tile (see RowTiles): up to 24 accumulators with
+// AVX-512's 32 registers; none with AVX2's 16 (6 x 2 already take 12).
+constexpr int kPairExtra = 4;
+constexpr int kTileExtra = kPairTiles ? 8 : 0;
 
 // s[r][v] += sum_{k < k_len} a[r * a_row + k * a_k] * b[k * ldb + vstride * v + lane]:
 // MR rows of a (broadcast) times NV vectors V of b (vstride floats apart: kLanes<V>
@@ -86,11 +90,19 @@ inline void TailTile(long left, long r, F& f) {
 
 // f(RowCount<MR>{}, r) for each whole tile of MR rows in [0, m), then once for the
 // m % MR rows left: f is a generic lambda, called with its tile height as a type.
-template <int MR, typename F>
+// Up to `Extra` rows left join the last whole tile instead (one tile of MR + left
+// rows, where the registers allow): a tile of one or two rows is latency-bound, a
+// chain of dependent multiply-adds per register (width 65, the half spectrum of 128:
+// 8 tiles of 8 and one of 1 took 19% longer than 64 pixels). Each output's sum is
+// the same whatever its tile.
+template <int MR, int Extra = 0, typename F>
 inline void RowTiles(long m, F f) {
+  const long whole = m / MR, left = m % MR;
+  const bool merge = Extra > 0 && whole > 0 && left > 0 && left <= Extra;
   long r = 0;
-  for (; r + MR <= m; r += MR) f(RowCount<MR>{}, r);
-  TailTile<MR - 1>(m - r, r, f);
+  for (long t = 0; t < whole - merge; ++t, r += MR) f(RowCount<MR>{}, r);
+  if (merge) TailTile<MR + Extra>(m - r, r, f);
+  else TailTile<MR - 1>(left, r, f);
 }
 
 // Calls fn(begin, end) over [0, items) in tasks of `per_task` items, on the
@@ -152,47 +164,108 @@ inline void ForChannelVectors(long channels, F f) {
   else f(v8{});
 }
 
-// Winograd F(2x2, 3x3) input transform of nt tiles: tile t's 4x4 window starts at
-// d + 2 t * ci (rows `stride` floats apart, pixels ci apart); writes
-// v[p = 4 r + q][t][c] = (B^T d B)[r, q] for c < ci (a multiple of 8). Neighbouring
-// windows share two columns, so each column's B^T d is computed once.
+// Winograd's F(M x M, 3x3): each M x M output tile from an N x N input window
+// (N = M + 2), A^T [(G k G^T) . (B^T d B)] A. The 1-D transforms, on vectors:
+// B^T (input), A^T (output), A (the kernel gradient's output-gradient transform).
+// F2 (M = 2) needs 16 products per 4 outputs and channel pair, F4 (M = 4) 36 per 16;
+// F4's transforms have larger coefficients, so it rounds a few times worse.
+struct F2 {
+  static constexpr int M = 2, N = 4;
+  static constexpr double G[4][3] = {{1, 0, 0}, {0.5, 0.5, 0.5}, {0.5, -0.5, 0.5}, {0, 0, 1}};
+  template <typename V>
+  static void BT(const V (&x)[4], V (&y)[4]) {
+    y[0] = x[0] - x[2];
+    y[1] = x[1] + x[2];
+    y[2] = x[2] - x[1];
+    y[3] = x[1] - x[3];
+  }
+  template <typename V>
+  static void AT(const V (&x)[4], V (&y)[2]) {
+    y[0] = x[0] + x[1] + x[2];
+    y[1] = x[1] - x[2] - x[3];
+  }
+  template <typename V>
+  static void A(const V (&x)[2], V (&y)[4]) {
+    y[0] = x[0];
+    y[1] = x[0] + x[1];
+    y[2] = x[0] - x[1];
+    y[3] = -x[1];
+  }
+};
+
+struct F4 {
+  static constexpr int M = 4, N = 6;
+  static constexpr double G[6][3] = {{0.25, 0, 0},
+                                     {-1.0 / 6, -1.0 / 6, -1.0 / 6},
+                                     {-1.0 / 6, 1.0 / 6, -1.0 / 6},
+                                     {1.0 / 24, 1.0 / 12, 1.0 / 6},
+                                     {1.0 / 24, -1.0 / 12, 1.0 / 6},
+                                     {0, 0, 1}};
+  template <typename V>
+  static void BT(const V (&x)[6], V (&y)[6]) {
+    const V a = x[4] - 4.0f * x[2], b = x[3] - 4.0f * x[1];
+    const V c = x[4] - x[2], e = 2.0f * (x[3] - x[1]);
+    y[0] = 4.0f * x[0] - 5.0f * x[2] + x[4];
+    y[1] = a + b;
+    y[2] = a - b;
+    y[3] = c + e;
+    y[4] = c - e;
+    y[5] = 4.0f * x[1] - 5.0f * x[3] + x[5];
+  }
+  template <typename V>
+  static void AT(const V (&x)[6], V (&y)[4]) {
+    const V s = x[1] + x[2], t = x[1] - x[2], u = x[3] + x[4], w = x[3] - x[4];
+    y[0] = x[0] + s + u;
+    y[1] = t + 2.0f * w;
+    y[2] = s + 4.0f * u;
+    y[3] = t + 8.0f * w + x[5];
+  }
+  template <typename V>
+  static void A(const V (&x)[4], V (&y)[6]) {
+    const V e = x[0] + x[2], o = x[1] + x[3];
+    const V e2 = x[0] + 4.0f * x[2], o2 = 2.0f * x[1] + 8.0f * x[3];
+    y[0] = x[0];
+    y[1] = e + o;
+    y[2] = e - o;
+    y[3] = e2 + o2;
+    y[4] = e2 - o2;
+    y[5] = x[3];
+  }
+};
+
+// Input transform of nt tiles: tile t's N x N window starts at d + M t * ci (rows
+// `stride` floats apart, pixels ci apart); writes v[p = N r + q][t][c] = (B^T d B)[r, q]
+// for c < ci (a multiple of 8). Neighbouring windows share two columns, so each
+// column's B^T d is computed once.
+template <typename F>
 inline void WinogradInput(const float* d, long stride, long nt, long ci, float* v) {
+  constexpr int M = F::M, N = F::N;
   ForChannelVectors(ci, [&](auto vec) {
     using V = decltype(vec);
-    auto column = [&](const float* p, V (&b)[4]) {  // b = B^T (the column at p)
-      const V x0 = Load<V>(p), x1 = Load<V>(p + stride), x2 = Load<V>(p + 2 * stride),
-              x3 = Load<V>(p + 3 * stride);
-      b[0] = x0 - x2;
-      b[1] = x1 + x2;
-      b[2] = x2 - x1;
-      b[3] = x1 - x3;
+    auto column = [&](const float* p, V (&b)[N]) {  // b = B^T (the column at p)
+      V x[N];
+      for (int r = 0; r < N; ++r) x[r] = Load<V>(p + r * stride);
+      F::BT(x, b);
     };
     for (long c = 0; c < ci; c += kLanes<V>) {
-      V bd[4][4];  // bd[q][r] = (B^T d)[r, q] of the current window
-      column(d + c, bd[0]);
-      column(d + ci + c, bd[1]);
+      V bd[N][N];  // bd[q][r] = (B^T d)[r, q] of the current window
+      for (int q = 0; q < N - M; ++q) column(d + q * ci + c, bd[q]);
       for (long t = 0; t < nt; ++t) {
-        const float* d0 = d + 2 * t * ci + c;
-        column(d0 + 2 * ci, bd[2]);
-        column(d0 + 3 * ci, bd[3]);
-        for (int r = 0; r < 4; ++r) {  // (B^T d) B
-          float* vr = v + (4 * r * nt + t) * ci + c;
-          store(vr, bd[0][r] - bd[2][r]);
-          store(vr + nt * ci, bd[1][r] + bd[2][r]);
-          store(vr + 2 * nt * ci, bd[2][r] - bd[1][r]);
-          store(vr + 3 * nt * ci, bd[1][r] - bd[3][r]);
+        const float* d0 = d + M * t * ci + c;
+        for (int q = N - M; q < N; ++q) column(d0 + q * ci, bd[q]);
+        for (int r = 0; r < N; ++r) {  // (B^T d) B
+          V row[N], out[N];
+          for (int q = 0; q < N; ++q) row[q] = bd[q][r];
+          F::BT(row, out);
+          float* vr = v + (N * r * nt + t) * ci + c;
+          for (int q = 0; q < N; ++q) store(vr + q * nt * ci, out[q]);
         }
-        for (int r = 0; r < 4; ++r) {  // the next window's first two columns
-          bd[0][r] = bd[2][r];
-          bd[1][r] = bd[3][r];
-        }
+        for (int q = 0; q < N - M; ++q)  // the next window's first columns
+          for (int r = 0; r < N; ++r) bd[q][r] = bd[q + M][r];
       }
     }
   });
 }
-
-// G of F(2x2, 3x3): U = G k G^T (4 x 3).
-constexpr double kWinogradG[4][3] = {{1, 0, 0}, {0.5, 0.5, 0.5}, {0.5, -0.5, 0.5}, {0, 0, 1}};
 
 // Two (N, H, W, channels) shapes with the same N, H and W.
 template <typename Dims>
