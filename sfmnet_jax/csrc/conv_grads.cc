@@ -304,19 +304,26 @@ ffi::Error KernelGradWinograd(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
         m.resize(N * N * kGradTiles * co);
         AddTileRow<F>(xp, gp, s, tile_row, du, pad.data(), gpad.data(), v.data(), m.data());
       });
-  std::vector<double> du(size, 0.0);  // the chunks' sums, in order, in double
-  for (size_t k = 0; k < partial.size(); ++k) du[k % size] += partial[k];
+  // The chunks' sums, in order, in double; loops over contiguous k innermost (vectorised).
+  std::vector<double> du(size, 0.0);
+  for (size_t c = 0; c < partial.size() / size; ++c) {
+    const float* p = partial.data() + c * size;
+    for (long k = 0; k < size; ++k) du[k] += p[k];
+  }
   // dK[i, j] = sum_{a, b} G[a, i] G[b, j] dU[N a + b].
   float* dk = out->typed_data();
+  const long cc = ci * co;
+  std::vector<double> sum(cc);
   for (int i = 0; i < 3; ++i)
-    for (int j = 0; j < 3; ++j)
-      for (long k = 0; k < ci * co; ++k) {
-        double sum = 0.0;
-        for (int a = 0; a < N; ++a)
-          for (int b = 0; b < N; ++b)
-            sum += F::G[a][i] * F::G[b][j] * du[(N * a + b) * ci * co + k];
-        dk[(i * 3 + j) * ci * co + k] = static_cast<float>(sum);
-      }
+    for (int j = 0; j < 3; ++j) {
+      std::fill(sum.begin(), sum.end(), 0.0);
+      for (int a = 0; a < N; ++a)
+        for (int b = 0; b < N; ++b) {
+          const double* dup = du.data() + (N * a + b) * cc;
+          for (long k = 0; k < cc; ++k) sum[k] += F::G[a][i] * F::G[b][j] * dup[k];
+        }
+      for (long k = 0; k < cc; ++k) dk[(i * 3 + j) * cc + k] = static_cast<float>(sum[k]);
+    }
   return ffi::Error::Success();
 }
 
