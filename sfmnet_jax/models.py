@@ -15,8 +15,6 @@ from sfmnet_jax.layers import (ConvAct, Down, Up, abstract_variables, host_init,
 Dtype = Any
 
 NUM_FUSE_BLOCKS = 14
-# model.conv_algorithm values (see SFMNet).
-CONV_ALGORITHMS = ("auto", "direct", "winograd", "winograd4")
 
 
 def check_image_batch(x, multiple: int = 8, name: str = "lr_up") -> None:
@@ -82,9 +80,9 @@ class SFMNet(nn.Module):
 
   def __call__(self, lr_up):
     check_image_batch(lr_up)
-    if self.conv_algorithm not in CONV_ALGORITHMS:
+    if self.conv_algorithm not in cpu_kernels.ALGORITHMS:  # the same names, per branch
       raise ValueError(f"unknown conv_algorithm {self.conv_algorithm!r}; one of "
-                       f"{CONV_ALGORITHMS}")
+                       f"{cpu_kernels.ALGORITHMS}")
     return self._generate(lr_up)
 
   def _branch(self, name: str):

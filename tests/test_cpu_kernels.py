@@ -111,6 +111,19 @@ def test_auto_algorithm_and_bad_requests():
       pass
 
 
+@pytest.mark.parametrize("target", ["sfmnet_conv3x3_winograd", "sfmnet_conv3x3_winograd4",
+                                    "sfmnet_conv3x3_kernel_grad_winograd",
+                                    "sfmnet_conv3x3_kernel_grad_winograd4"])
+def test_winograd_handlers_reject_channels_not_multiples_of_8(target):
+  """Called directly (past `conv3x3`'s own check), each handler names itself."""
+  x = np.zeros((1, 4, 4, 12), np.float32)
+  second, out = ((np.zeros((1, 4, 4, 8), np.float32), (3, 3, 12, 8)) if "grad" in target
+                 else (np.zeros((3, 3, 12, 8), np.float32), (1, 4, 4, 8)))
+  with pytest.raises(Exception, match=f"{target}: .*multiples of 8"):
+    jax.block_until_ready(jax.jit(lambda a, b: cpu_kernels._call(  # pylint: disable=protected-access
+        target, out, None, a, b))(x, second))
+
+
 @pytest.mark.parametrize("shape", SHAPES)
 def test_pointwise_conv_and_gradients_equal_float64(shape):
   """The 1x1 conv layer: forward x k, input gradient g k^T, kernel gradient x^T g."""

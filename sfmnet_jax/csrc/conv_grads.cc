@@ -18,6 +18,7 @@
 
 #include <cstring>
 #include <functional>
+#include <string>
 #include <vector>
 
 #include "kernels.h"
@@ -237,7 +238,7 @@ template <typename F>
 void AddTileRow(const float* x, const float* g, const Shape& s, long tile_row, float* du,
                 float* pad, float* gpad, float* v, float* m) {
   constexpr int M = F::M, N = F::N;
-  const long tiles_h = (s.h + M - 1) / M, tiles_w = (s.w + M - 1) / M;
+  const long tiles_h = TileCount<F>(s.h), tiles_w = TileCount<F>(s.w);
   const long n = tile_row / tiles_h, y0 = M * (tile_row % tiles_h);
   const long ci = s.ci, co = s.co, stride = (M * tiles_w + 2) * ci;
   PadRows(x, n, s.h, s.w, ci, y0 - 1, N, stride, pad);
@@ -288,16 +289,16 @@ ffi::Error KernelGradWinograd(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   const auto gd = g.dimensions();
   if (!KernelGradDims(xd, gd, out->dimensions()) || xd[3] % 8 != 0 || gd[3] % 8 != 0)
     return ffi::Error::InvalidArgument(
-        "sfmnet_conv3x3_kernel_grad_winograd: x (N, H, W, Ci), g (N, H, W, Co) -> "
-        "(3, 3, Ci, Co), Ci and Co multiples of 8");
+        std::string("sfmnet_conv3x3_kernel_grad_winograd") + F::kSuffix +
+        ": x (N, H, W, Ci), g (N, H, W, Co) -> (3, 3, Ci, Co), Ci and Co multiples of 8");
   const Shape s{xd[0], xd[1], xd[2], xd[3], gd[3]};
   const long ci = s.ci, co = s.co, size = N * N * ci * co;
   const float* xp = x.typed_data();
   const float* gp = g.typed_data();
   const std::vector<float> partial = ChunkSums(
-      pool, s.w > 0 ? s.n * ((s.h + M - 1) / M) : 0, size, [&](long tile_row, float* du) {
+      pool, s.w > 0 ? s.n * TileCount<F>(s.h) : 0, size, [&](long tile_row, float* du) {
         thread_local std::vector<float> pad, gpad, v, m;
-        const long tiles_w = (s.w + M - 1) / M;
+        const long tiles_w = TileCount<F>(s.w);
         pad.resize(N * (M * tiles_w + 2) * ci);
         gpad.resize(M * M * tiles_w * co);
         v.resize(N * N * kGradTiles * ci);

@@ -8,17 +8,20 @@
 //   each output row from a zero-padded copy of its three input rows, 6 pixels x
 //   16 channels at a time (with AVX-512 8 x 32 or 16 x 16), accumulated in
 //   registers over all 9 * Ci products;
-// - Winograd F(2x2, 3x3): each 2x2 output tile from a 4x4 input tile,
-//   A^T [(G k G^T) . (B^T d B)] A, 16 products per tile and channel pair instead
-//   of 36. Per tile row and block of kTiles tiles: the input transform
-//   V[16][tiles][ci], 16 GEMMs M[p] = V[p] U[p] (U = G k G^T, packed
+// - Winograd F(M x M, 3x3), M = 2 or 4 (F2, F4 in kernels.h): each M x M output
+//   tile from an N x N input window (N = M + 2), A^T [(G k G^T) . (B^T d B)] A,
+//   N * N products per tile and channel pair instead of 9 M^2 (16 for 36; 36 for
+//   144). Per tile row and block of kTiles tiles: the input transform
+//   V[N * N][tiles][ci], N * N GEMMs M[p] = V[p] U[p] (U = G k G^T, packed
 //   [p][d / 16][c][16], computed in double), the output transform. Channel
-//   counts must be multiples of 8. Rounding differs from the direct sum by a
-//   few ulps of the largest term, as between any two conv algorithms.
+//   counts must be multiples of 8. F(2x2, 3x3)'s rounding differs from the direct
+//   sum by a few ulps of the largest term, as between any two conv algorithms;
+//   F(4x4, 3x3)'s larger coefficients round ~15x more.
 // Depthwise: nine multiply-adds per pixel, vectorised over channels.
 // Every output row is computed by one task: no reduction across threads.
 
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include "kernels.h"
@@ -193,7 +196,7 @@ template <typename F>
 void WinogradRow(const float* x, const float* u, const Dims& s, long tile_row, float* out,
                  WinogradScratch& w) {
   constexpr int M = F::M, N = F::N;
-  const long tiles_h = (s.h + M - 1) / M, tiles_w = (s.w + M - 1) / M;
+  const long tiles_h = TileCount<F>(s.h), tiles_w = TileCount<F>(s.w);
   const long n = tile_row / tiles_h, y0 = M * (tile_row % tiles_h);
   const long ci = s.ci, co = s.co, stride = (M * tiles_w + 2) * ci;
   PadRows(x, n, s.h, s.w, ci, y0 - 1, N, stride, w.pad.data());
@@ -305,16 +308,16 @@ ffi::Error Winograd(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<f
   Dims s;
   if (!DenseDims(x, k, out, &s) || s.ci % 8 != 0 || s.co % 8 != 0)
     return ffi::Error::InvalidArgument(
-        "sfmnet_conv3x3_winograd: x (N, H, W, Ci), k (3, 3, Ci, Co) -> (N, H, W, Co), "
-        "Ci and Co multiples of 8");
+        std::string("sfmnet_conv3x3_winograd") + F::kSuffix +
+        ": x (N, H, W, Ci), k (3, 3, Ci, Co) -> (N, H, W, Co), Ci and Co multiples of 8");
   if (s.n * s.h * s.w == 0 || s.co == 0) return ffi::Error::Success();
   const std::vector<float> u = PackWinograd<F>(k.typed_data(), s);
   const float* xp = x.typed_data();
   float* op = out->typed_data();
-  const long tile_rows = s.n * ((s.h + M - 1) / M);
+  const long tile_rows = s.n * TileCount<F>(s.h);
   ParallelFor(pool, tile_rows, TaskSize(pool, tile_rows), [&](long begin, long end) {
     thread_local WinogradScratch w;
-    w.pad.resize(N * (M * ((s.w + M - 1) / M) + 2) * s.ci);
+    w.pad.resize(N * (M * TileCount<F>(s.w) + 2) * s.ci);
     w.v.resize(N * N * kTiles * s.ci);
     w.m.resize(N * N * kTiles * s.co);
     for (long t = begin; t < end; ++t) WinogradRow<F>(xp, u.data(), s, t, op, w);

@@ -171,6 +171,7 @@ inline void ForChannelVectors(long channels, F f) {
 // F4's transforms have larger coefficients, so it rounds a few times worse.
 struct F2 {
   static constexpr int M = 2, N = 4;
+  static constexpr const char* kSuffix = "";  // of the FFI target names
   static constexpr double G[4][3] = {{1, 0, 0}, {0.5, 0.5, 0.5}, {0.5, -0.5, 0.5}, {0, 0, 1}};
   template <typename V>
   static void BT(const V (&x)[4], V (&y)[4]) {
@@ -195,6 +196,7 @@ struct F2 {
 
 struct F4 {
   static constexpr int M = 4, N = 6;
+  static constexpr const char* kSuffix = "4";
   static constexpr double G[6][3] = {{0.25, 0, 0},
                                      {-1.0 / 6, -1.0 / 6, -1.0 / 6},
                                      {-1.0 / 6, 1.0 / 6, -1.0 / 6},
@@ -232,6 +234,12 @@ struct F4 {
     y[5] = x[3];
   }
 };
+
+// Tiles of F covering `len` pixels (the last one partial where M does not divide it).
+template <typename F>
+inline long TileCount(long len) {
+  return (len + F::M - 1) / F::M;
+}
 
 // Input transform of nt tiles: tile t's N x N window starts at d + M t * ci (rows
 // `stride` floats apart, pixels ci apart); writes v[p = N r + q][t][c] = (B^T d B)[r, q]
