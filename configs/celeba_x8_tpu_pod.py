@@ -3,7 +3,7 @@
 Run the same command on every host of the pod:
   python train.py --config=configs/celeba_x8_tpu_pod.py --workdir=gs://BUCKET/runs/celeba_x8_pod \
       --config.data.tfds_data_dir=gs://BUCKET/tensorflow_datasets
-Data: tfds celeb_a prepared into that data dir (python -m sfmnet_jax.datasets celeba ...).
+Data: tfds celeb_a prepared into that data dir (sfmnet-datasets celeba ...).
 """
 
 from configs import celeba_tfds_x8

@@ -18,10 +18,11 @@ def get_config():
   config.model = ml_collections.ConfigDict(dict(
       num_features=64, num_resblocks=2, num_heads=8, share_fusion_attention=True,
       remat=False,  # recompute blocks in the backward pass (less memory, slower)
-      # CPU 3x3 convs: "auto" (Winograd F(4x4, 3x3) in the spatial branch, direct in the
-      # frequency branch: the release's numbers) | "direct" | "winograd" / "winograd4"
-      # (F(2x2, 3x3) / F(4x4, 3x3) everywhere: its rounding can flip phases; see README
-      # "Training speed").
+      # "auto": the C++ kernels of sfmnet_jax/cpu on the CPU backend, XLA's ops on GPUs and
+      # TPUs | "xla": XLA's ops everywhere (the release's numerics; see README "Numerics").
+      conv_impl="auto",
+      # The kernels' 3x3 convs: "auto" (Winograd outside the frequency branch) | "direct" |
+      # "winograd" / "winograd4" (everywhere: its rounding can flip phases).
       conv_algorithm="auto"))
 
   config.data = ml_collections.ConfigDict(dict(

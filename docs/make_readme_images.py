@@ -3,7 +3,7 @@ r"""Makes the README's pictures (needs `python train.py` first).
   python docs/make_readme_images.py [--checkpoint=runs/demo]     # photo_before_after.png
   python docs/make_readme_images.py --app [--checkpoint=...]     # app.png: the web demo
 
-The screenshot starts `python -m sfmnet_jax.app` on a free local port, presses the
+The screenshot starts `sfmnet-demo` on a free local port, presses the
 astronaut example in Debian's headless `chromium` (driven by playwright) and saves
 the page once the result is shown.
 
@@ -26,8 +26,9 @@ runtime.prepare_process()
 
 from PIL import Image, ImageDraw  # noqa: E402
 
-from sfmnet_jax import checkpoints, photo  # noqa: E402
-from sfmnet_jax.infer import demo_group_photo  # noqa: E402
+from sfmnet_jax.weights import checkpoints
+from sfmnet_jax.faces import photo  # noqa: E402
+from sfmnet_jax.apps.infer import demo_group_photo  # noqa: E402
 
 
 IMAGES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "images")
@@ -36,7 +37,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def app_screenshot(checkpoint):
   from playwright.sync_api import sync_playwright
-  from sfmnet_jax import app
+  from sfmnet_jax.apps import web as app
   proc, url = app.start_in_subprocess(checkpoint, tempfile.mkdtemp(prefix="sfmnet_app_"),
                                       cwd=REPO)
   try:

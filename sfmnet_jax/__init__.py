@@ -1,16 +1,28 @@
 """sfmnet_jax: SFMNet (Spatial-Frequency Mutual Learning for Face Super-resolution) in JAX/Flax.
 
-Importing the package changes nothing in the process. The entry points
-(`train.py`, `evaluate.py`, `python -m sfmnet_jax.*`) call
-`sfmnet_jax.runtime.prepare_process()` first, which sets the XLA:CPU flags
-this project is tuned with; library users may call it themselves before JAX
-starts (see `runtime.py`).
+The package is split into rooms, each importing only from those before it:
+`model` (the plain Flax networks), `cpu` (the optional CPU plugin), `weights`
+(release files, Orbax checkpoints), `data` (tf.data pipeline, PIL-exact
+resize, datasets), `faces` (detection, alignment, whole photos), `evaluation`
+(metrics, reports), `training` (losses, steps, the loop), `benchmarks` and
+`apps` (the command-line entry points and the web demo).
+
+Importing the package changes nothing in the process and imports no JAX until
+a name below is used. The entry points call `sfmnet_jax.runtime.prepare_process()`
+first (CPU-only hosts: XLA:CPU flags and memory settings; see `cpu/process.py`).
 """
 
 import importlib
 
-_EXPORTS = {"SFMNet": "models", "count_params": "models", "init_generator": "models",
-            "load_release_weights": "release_weights", "WeightFileError": "release_weights"}
+_EXPORTS = {
+    "SFMNet": "model.generator", "count_params": "model.generator",
+    "init_generator": "model.generator", "jitted_apply": "model.generator",
+    "SpatialDiscriminator": "model.discriminators",
+    "FrequencyDiscriminator": "model.discriminators",
+    "load_release_weights": "weights.release", "load_release_discriminator": "weights.release",
+    "WeightFileError": "weights.release", "load_generator": "weights.checkpoints",
+    "accelerate": "cpu.intercept", "train_and_evaluate": "training.loop",
+}
 __all__ = sorted(_EXPORTS)
 
 

@@ -30,21 +30,16 @@ def golden():
 
 @pytest.fixture(scope="session")
 def golden_model():
+  """(model, variables) of the release's golden vector: the plain Flax model (XLA's ops)."""
   from sfmnet_jax import load_release_weights
   return load_release_weights(helpers.GOLDEN)
 
 
 @pytest.fixture(scope="session")
 def golden_port_outputs(golden, golden_model):
-  """(img_out, img_fre) of the golden model on the golden input in this process.
-
-  Under the tests' fast-compile flags the elementwise code rounds differently
-  from the entry points', and the golden input is so close to a phase jump
-  that this can move the outputs by 2e-2 (1e-6 input noise does the same to
-  the release). Tests of loading and equivalence compare to these; the golden
-  vector itself is checked with the entry points' flags
-  (`test_models.test_golden_vector_both_outputs`).
-  """
+  """(img_out, img_fre) of the plain golden model on the golden input in this process: what
+  tests of loading and equivalence compare to (bit-for-bit comparisons need the same
+  program; the golden vector itself is `model/test_generator.py`'s)."""
   import jax
   model, variables = golden_model
   return tuple(np.asarray(a) for a in jax.jit(model.apply)(variables, golden["lr_up"]))

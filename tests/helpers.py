@@ -11,6 +11,8 @@ FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 GOLDEN = FIXTURES / "sfmnet_w16_s32.npz"
 RELEASE_METRICS = FIXTURES / "release_metrics.npz"
 DISCRIMINATOR_GOLDEN = FIXTURES / "discriminators_golden.npz"
+GRADIENT_GOLDEN = FIXTURES / "gradient_golden.npz"
+LEGACY_CHECKPOINT = FIXTURES / "legacy_checkpoint"
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 # Tests compile many small programs: trade XLA:CPU's code optimisation (not its numerics)
@@ -49,3 +51,25 @@ def seeded_release_weights(shapes, seed: int, gain: float = 1.0):
     rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
     out[name] = rng.uniform(-bound, bound, size=shape).astype(np.float32)
   return out
+
+
+def release_gradients():
+  """(lr_up, hr) in NHWC and {state_dict name: gradient} of the release's PSNR-stage loss
+  (gradient_golden.npz, made by make_gradient_golden.py with the golden vector's weights)."""
+  with np.load(GRADIENT_GOLDEN) as d:
+    grads = {k[len("grad/"):]: d[k] for k in d.files if k.startswith("grad/")}
+    return (d["input/lr_up"].transpose(0, 2, 3, 1), d["input/hr"].transpose(0, 2, 3, 1), grads)
+
+
+def release_loss():
+  """(total, {term: value}) of the release's PSNR-stage loss in gradient_golden.npz."""
+  with np.load(GRADIENT_GOLDEN) as d:
+    terms = {k[len("loss/"):]: float(d[k]) for k in d.files if k.startswith("loss/")}
+  return terms.pop("total"), terms
+
+
+def median_relative_error(got, want):
+  """The median over tensors of |got - want| / |want| (Frobenius norms), by name."""
+  errors = [np.linalg.norm(np.asarray(got[k], np.float64) - want[k]) / np.linalg.norm(want[k])
+            for k in want]
+  return float(np.median(errors))

@@ -1,0 +1,168 @@
+"""Whole-photo face restoration: find every face, super-resolve it, paste it back.
+
+`restore_photo(image, model, variables, scale)`:
+  1. detects faces (`face_detection`, dlib, offline) with landmarks;
+  2. aligns each into the model's training crop (`alignment`, a convention
+     such as `celeba`) and samples the LR crop directly at the LR size
+     (16x16 at x8), low-pass filtered where the face is larger than that;
+  3. super-resolves all LR crops in batches (the same LR-up the release fed
+     its network: PIL bicubic to 128);
+  4. upscales the whole photo by `scale` with PIL's bicubic and blends each
+     128x128 result in through the inverse transform with a feathered mask.
+     Pixels outside every mask are exactly the plainly upscaled photo.
+A face whose crop is already sharper than the model's output (its crop in the
+upscaled photo is over LARGE_FACE_RATIO times 128 px) is left as it is and
+reported, unless `restore_large`.
+"""
+
+import dataclasses
+import time
+from typing import List, Optional
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from sfmnet_jax.data import degradation, image_io
+from sfmnet_jax.data.degradation import HR_SIZE
+from sfmnet_jax.faces import alignment
+from sfmnet_jax.faces import detection as face_detection
+from sfmnet_jax.model.generator import jitted_apply
+
+BATCH = 8
+LARGE_FACE_RATIO = 1.5
+DEFAULT_MAX_PIXELS = 16_000_000
+
+
+def super_resolve(model, variables, lrs: np.ndarray):
+  """(N, s, s, 3) uint8 LR faces -> (lr_up, img_out, img_fre), float in [0, 1], 128x128.
+
+  Runs in batches of BATCH (the last one padded), so one compiled shape serves all.
+  """
+  lr_up = np.stack([degradation.upsample_lr(lr) for lr in lrs]).astype(np.float32) / 255.0
+  apply = jitted_apply(model)
+  outs, freqs = [], []
+  for i in range(0, len(lr_up), BATCH):
+    chunk = lr_up[i:i + BATCH]
+    padded = np.concatenate([chunk, np.zeros((BATCH - len(chunk),) + chunk.shape[1:],
+                                             np.float32)])
+    out, fre = apply(variables, padded)
+    outs.append(np.asarray(out)[:len(chunk)])
+    freqs.append(np.asarray(fre)[:len(chunk)])
+  return lr_up, np.concatenate(outs), np.concatenate(freqs)
+
+
+@dataclasses.dataclass
+class PhotoFace:
+  """One face of a photo and what was done with it."""
+
+  index: int
+  face: face_detection.Face
+  transform: np.ndarray  # photo -> 128x128 crop
+  status: str = "restored"  # "restored" | "too_large"
+  lr: Optional[np.ndarray] = None
+  lr_up: Optional[np.ndarray] = None
+  sr: Optional[np.ndarray] = None
+  fre: Optional[np.ndarray] = None
+
+  @property
+  def crop_side(self) -> float:
+    """Side of the face's crop in photo pixels."""
+    return HR_SIZE / alignment.scale_of(self.transform)
+
+  def to_json(self):
+    f = self.face
+    return {"index": self.index, "box": list(f.box), "score": round(f.score, 4),
+            "detector": f.detector, "landmarks5": alignment.points_to_list(f.landmarks5),
+            "landmarks68": alignment.points_to_list(f.landmarks68),
+            "crop_side_px": round(self.crop_side, 2),
+            "transform": np.round(self.transform, 6).tolist(), "status": self.status}
+
+
+@dataclasses.dataclass
+class PhotoResult:
+  photo: np.ndarray  # the input, uint8
+  upscaled: np.ndarray  # the plain PIL-bicubic upscale
+  restored: np.ndarray  # upscaled with the faces pasted in
+  faces: List[PhotoFace]
+  scale: int
+  convention: str
+  timings: dict
+
+  def to_json(self):
+    return {"size": [int(self.photo.shape[1]), int(self.photo.shape[0])], "scale": self.scale,
+            "restored_size": [int(self.restored.shape[1]), int(self.restored.shape[0])],
+            "convention": self.convention, "timings_s": self.timings,
+            "faces": [f.to_json() for f in self.faces]}
+
+
+def find_faces(image, convention: alignment.Convention, detector="auto", upsample=2,
+               min_score=None):
+  """Detected faces with their photo -> crop transforms."""
+  faces = face_detection.detect(image, detector, upsample, min_score,
+                                landmarks=convention.landmark_points)
+  out = []
+  for i, face in enumerate(faces):
+    t = alignment.alignment_transform(face.landmarks5, face.landmarks68, convention,
+                                      image.shape[:2])
+    out.append(PhotoFace(i + 1, face, t))
+  return out
+
+
+def upscale(image: np.ndarray, scale: int) -> np.ndarray:
+  h, w = image.shape[:2]
+  return np.asarray(Image.fromarray(image).resize((w * scale, h * scale), Image.BICUBIC))
+
+
+def restore_photo(image: np.ndarray, model, variables, scale: int, *, convention="celeba",
+                  detector="auto", upsample=2, min_score=None, restore_large=False,
+                  feather=0.12, faces: Optional[List[PhotoFace]] = None) -> PhotoResult:
+  """Restores every face of `image` (uint8 RGB) with the generator; see the module docstring."""
+  conv = alignment.get_convention(convention) if isinstance(convention, str) else convention
+  timings = {}
+  t0 = time.perf_counter()
+  if faces is None:
+    faces = find_faces(image, conv, detector, upsample, min_score)
+  timings["detect"] = time.perf_counter() - t0
+  lr_size = degradation.lr_size(scale)
+  todo = []
+  for pf in faces:
+    if pf.crop_side * scale > LARGE_FACE_RATIO * HR_SIZE and not restore_large:
+      pf.status = "too_large"
+      continue
+    pf.lr = alignment.warp(image, alignment.with_output_size(pf.transform, lr_size), lr_size)
+    todo.append(pf)
+  t0 = time.perf_counter()
+  if todo:
+    lr_up, out, fre = super_resolve(model, variables, np.stack([pf.lr for pf in todo]))
+    for i, pf in enumerate(todo):
+      pf.lr_up, pf.sr, pf.fre = lr_up[i], out[i], fre[i]
+  timings["super_resolve"] = time.perf_counter() - t0
+  t0 = time.perf_counter()
+  upscaled = upscale(image, scale)
+  restored = upscaled.copy()
+  for pf in todo:
+    alignment.paste(restored, image_io.quantize(pf.sr), alignment.crop_to_canvas(pf.transform, scale),
+                    feather)
+  timings["paste"] = time.perf_counter() - t0
+  name = conv.name
+  return PhotoResult(image, upscaled, restored, faces, scale, name, timings)
+
+
+def annotate(image: np.ndarray, faces: List[PhotoFace], min_side: int = 512) -> np.ndarray:
+  """The photo (enlarged to at least `min_side`) with numbered boxes and landmarks."""
+  h, w = image.shape[:2]
+  k = max(1, int(np.ceil(min_side / max(h, w))))
+  im = Image.fromarray(image).resize((w * k, h * k), Image.NEAREST)
+  draw = ImageDraw.Draw(im)
+  colours = {"restored": (40, 220, 60), "too_large": (240, 180, 0)}
+  for pf in faces:
+    colour = colours.get(pf.status, (220, 40, 40))
+    box = [v * k for v in pf.face.box]
+    draw.rectangle(box, outline=colour, width=max(1, k))
+    draw.text((box[0] + 2, box[1] + 1), str(pf.index), fill=colour)
+    for pts in (pf.face.landmarks5, pf.face.landmarks68):
+      if pts is not None:
+        for x, y in pts:
+          cx, cy = (x + 0.5) * k, (y + 0.5) * k
+          draw.ellipse([cx - k, cy - k, cx + k, cy + k], fill=(255, 60, 200))
+  return np.asarray(im)

@@ -1,0 +1,156 @@
+"""SFMNet's building blocks: ResBlock, ResidualGroup, FreqBlock, ChannelAttention, FuseBlock.
+
+Each block computes what `SFMNET_REFERENCE.md` ("Building blocks") describes
+for the authors' release, in NHWC. Child names mirror the release's
+`state_dict` names (see `layers.py`).
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from sfmnet_jax.model import spectral
+from sfmnet_jax.model.layers import ConvAct, Scale, conv, nan_to_num, sequential
+
+Dtype = Any
+
+
+class ResBlock(nn.Module):
+  """ConvAct 3x3 + ReLU -> ConvAct 3x3; output relu(that + input)."""
+
+  features: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    c = self.features
+    y = sequential(
+        "layers",
+        ConvAct(c, 3, act="relu", dtype=self.dtype),
+        ConvAct(c, 3, dtype=self.dtype),
+    )(x)
+    return nn.relu(y + x)
+
+
+class ResidualGroup(nn.Module):
+  """`num_resblocks` ResBlocks then ConvAct 3x3 + PReLU (`body`); output body(x) + s * x."""
+
+  features: int
+  num_resblocks: int = 2
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    c = self.features
+    body = [ResBlock(c, dtype=self.dtype) for _ in range(self.num_resblocks)]
+    body.append(ConvAct(c, 3, act="prelu", dtype=self.dtype))
+    return sequential("body", *body)(x) + Scale(name="re_scale")(x)
+
+
+class FreqBlock(nn.Module):
+  """The release's spectral block (all convs with bias).
+
+  y = fpre(x); F = rfft2(y + 1e-8); A, P = |F|, angle(F);
+  A2 = A + amp_fuse(A); P2 = P + pha_fuse(P) (3x3 convs on the half spectrum);
+  z = |irfft2(A2 cos P2 + 1e-8 + i (A2 sin P2 + 1e-8))|; out = post(z) + x (NaN/inf -> 1e-5).
+  Transforms and the amplitude/phase algebra run in float32 whatever `dtype` is.
+  """
+
+  features: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    c, dt = self.features, self.dtype
+    h, w = x.shape[1:3]
+
+    def spectral_fuse(name):
+      return sequential(name, conv(c, 3, c, dtype=dt), lambda t: nn.leaky_relu(t, 0.1),
+                        conv(c, 3, c, dtype=dt))
+
+    y = conv(c, 1, c, dtype=dt, name="fpre")(x)
+    spec = spectral.rfft2(y.astype(jnp.float32) + 1e-8)
+    amp, pha = spectral.amplitude(spec), spectral.phase(spec)
+    amp = amp + spectral_fuse("amp_fuse")(amp).astype(jnp.float32)
+    pha = pha + spectral_fuse("pha_fuse")(pha).astype(jnp.float32)
+    real = amp * jnp.cos(pha) + 1e-8
+    imag = amp * jnp.sin(pha) + 1e-8
+    z = jnp.abs(spectral.irfft2(jax.lax.complex(real, imag), (h, w)))
+    out = conv(c, 1, c, dtype=dt, name="post")(z) + x.astype(dt)
+    return nan_to_num(out)
+
+
+def l2_normalize(t, eps: float = 1e-12):
+  """`torch.nn.functional.normalize(t, dim=-1)`: t / max(|t|, eps), with a finite gradient
+  at t == 0 (sqrt(max(|t|^2, eps^2)) is the same value)."""
+  return t / jnp.sqrt(jnp.maximum(jnp.sum(t * t, axis=-1, keepdims=True), eps * eps))
+
+
+class ChannelAttention(nn.Module):
+  """Cross attention across channels: queries from `x`, keys/values from the guide `g`.
+
+  q = dw3x3(q(x)); k, v = split(dw3x3(kv(g))); per head, L2-normalise q and k
+  over H*W (eps 1e-12), attn = softmax(q k^T * temperature), a (C/heads x
+  C/heads) map per head; out = project_out(attn v). Cost is linear in H*W.
+  The attention map and softmax are computed in float32.
+  """
+
+  features: int
+  num_heads: int = 8
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, g):
+    c, heads, dt = self.features, self.num_heads, self.dtype
+    if c % heads:
+      raise ValueError(f"num_features={c} must be divisible by num_heads={heads}")
+    temperature = self.param("temperature", nn.initializers.ones, (heads, 1, 1))
+    q = conv(c, 1, c, use_bias=False, dtype=dt, name="q")(x)
+    q = conv(c, 3, c, use_bias=False, groups=c, dtype=dt, name="q_dwconv")(q)
+    kv = conv(2 * c, 1, c, use_bias=False, dtype=dt, name="kv")(g)
+    kv = conv(2 * c, 3, 2 * c, use_bias=False, groups=2 * c, dtype=dt, name="kv_dwconv")(kv)
+    k, v = jnp.split(kv, 2, axis=-1)
+
+    b, h, w, _ = x.shape
+    def per_head(t):  # 'b h w (head c)' -> 'b head c (h w)', as the release's rearrange
+      return t.reshape(b, h * w, heads, c // heads).transpose(0, 2, 3, 1)
+
+    q, k, v = per_head(q.astype(jnp.float32)), per_head(k.astype(jnp.float32)), per_head(v)
+    q, k = l2_normalize(q), l2_normalize(k)
+    attn = jax.nn.softmax(jnp.einsum("bhcn,bhdn->bhcd", q, k) * temperature, axis=-1)
+    out = jnp.einsum("bhcd,bhdn->bhcn", attn.astype(v.dtype), v)
+    out = out.transpose(0, 3, 1, 2).reshape(b, h, w, c)
+    return conv(c, 1, c, use_bias=False, dtype=dt, name="project_out")(out)
+
+
+class FuseBlock(nn.Module):
+  """Frequency-spatial interaction block (FSIB with its SFCA), called as fuse(f, s).
+
+  The release's names are swapped relative to their roles: conv `fre` acts on
+  the spatial feature and `spa` on the frequency one. With
+  `share_attention=True` (the release) `fre_att` serves both directions and no
+  `spa_att` parameters exist; `False` uses `spa_att` for the second direction
+  (the paper's intent).
+  """
+
+  features: int
+  num_heads: int = 8
+  share_attention: bool = True
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, f, s):
+    c, dt = self.features, self.dtype
+    s1 = conv(c, 3, c, dtype=dt, name="fre")(s)
+    f1 = conv(c, 3, c, dtype=dt, name="spa")(f)
+    att1 = ChannelAttention(c, self.num_heads, dtype=dt, name="fre_att")
+    att2 = att1 if self.share_attention else ChannelAttention(
+        c, self.num_heads, dtype=dt, name="spa_att")
+    s2 = att1(s1, f1) + s1
+    f2 = att2(f1, s2) + f1
+    gates = sequential("fuse", conv(c, 3, 2 * c, dtype=dt), conv(2 * c, 3, c, dtype=dt))(
+        jnp.concatenate([s2, f2], axis=-1))
+    g_s, g_f = jnp.split(nn.sigmoid(gates), 2, axis=-1)
+    return nan_to_num(g_s * s2 + g_f * f2)
