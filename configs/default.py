@@ -23,7 +23,10 @@ def get_config():
       conv_impl="auto",
       # The kernels' 3x3 convs: "auto" (Winograd outside the frequency branch) | "direct" |
       # "winograd" / "winograd4" (everywhere: its rounding can flip phases).
-      conv_algorithm="auto"))
+      conv_algorithm="auto",
+      # The kernels' FreqBlock angle / sin / cos: "poly" (vectorised polynomials, a few 1e-7
+      # from libm) | "xla" (XLA's libm calls; with conv_algorithm="direct", the release's).
+      cpu_trig="poly"))
 
   config.data = ml_collections.ConfigDict(dict(
       source="folder",  # "demo" | "folder" (release layout) | "celeba" (tfds celeb_a)
@@ -43,7 +46,9 @@ def get_config():
   config.num_train_steps = -1  # > 0 overrides num_epochs
 
   config.optimizer = ml_collections.ConfigDict(dict(
-      learning_rate=1e-4, b1=0.9, b2=0.99, eps=1e-8, lr_decay_steps=(), lr_decay_factor=0.5))
+      learning_rate=1e-4, b1=0.9, b2=0.99, eps=1e-8, lr_decay_steps=(), lr_decay_factor=0.5,
+      # Adam over one concatenated vector (optax.flatten): True | False | None (on CPUs).
+      flatten=config_dict.placeholder(bool)))
   config.d_optimizer = ml_collections.ConfigDict(config.optimizer.to_dict())
   config.loss = ml_collections.ConfigDict(dict(
       freq_weight=0.01, perceptual_weight=0.1, adv_spatial_weight=0.0005,

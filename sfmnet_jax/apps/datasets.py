@@ -8,7 +8,7 @@ r"""Prepares face datasets: TFDS data for training, or aligned crops from raw ph
 Training and evaluation prepare demo and folder data themselves when needed;
 CelebA is the one source that needs this step first (it downloads). `prepare`
 detects, aligns and crops faces from raw photos into the release's folder
-layout (see `sfmnet_jax/datasets/prepare.py`).
+layout (see `sfmnet_jax/faces/prepare.py`).
 """
 
 import sys

@@ -5,7 +5,7 @@ r"""A local web demo: drop a photo, see every face restored (Gradio, on 127.0.0.
 
 The page takes an uploaded or dropped photo (or the built-in astronaut group
 photo), finds the faces (dlib), restores each with SFMNet through the
-whole-photo pipeline of `sfmnet_jax.infer`, and shows: the photo with numbered
+whole-photo pipeline of `sfmnet-infer`, and shows: the photo with numbered
 face boxes, the restored photo beside the plainly upscaled one (a slider), a
 gallery of every face as LR | bicubic | SFMNet | frequency branch, per-face
 timings, and downloads (the restored PNG, a zip of the crops). The model is

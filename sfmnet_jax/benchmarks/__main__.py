@@ -21,7 +21,7 @@ each width: forward at batch 1 and 8 and the PSNR step at batch 8, as ratios.
 first --batch_sizes) spends its time: XLA op time by kind, by SFMNet block
 and for the slowest ops (see benchmark_profile.py).
 `photo`: detection, alignment and restoration of a 1-megapixel photo with five
-small faces (the whole-photo pipeline of `sfmnet_jax.infer`).
+small faces (the whole-photo pipeline of `sfmnet-infer`).
 Results go to benchmark_results/<name>.json (or --output).
 """
 
@@ -95,6 +95,7 @@ def model_config(fv, stage):
   cfg.model.remat = fv.remat
   cfg.model.conv_impl = fv.conv_impl
   cfg.model.conv_algorithm = fv.conv_algorithm
+  cfg.model.cpu_trig = fv.cpu_trig
   cfg.data.patch_size = None if fv.size == 128 else fv.size
   cfg.perceptual.weights = "random"
   return cfg
@@ -222,6 +223,8 @@ def define_flags(fv):
                 "model.conv_impl: the CPU kernels or XLA's ops (model, profile).", flag_values=fv)
   f.DEFINE_enum("conv_algorithm", "auto", ["auto", "direct", "winograd", "winograd4"],
                 "model.conv_algorithm, the kernels' 3x3 convs (model, profile).", flag_values=fv)
+  f.DEFINE_enum("cpu_trig", "poly", ["poly", "xla"], "model.cpu_trig, the kernels' FreqBlock "
+                "angle / sin / cos (model, profile).", flag_values=fv)
   f.DEFINE_bool("estimates", True, "model: also XLA's cost analysis and roofline estimates "
                 "for a GPU and a TPU (lowered here; nothing runs there).", flag_values=fv)
   f.DEFINE_bool("remat", False, "Recompute the blocks in the backward pass (model.remat).", flag_values=fv)

@@ -12,6 +12,8 @@ it whose convolutions, channel attention and remat blocks run on the kernels.
   `available()`.
 - `ops.py`: the kernels as differentiable ops (`add_bias`, `conv3x3`, ...).
 - `intercept.py`: `accelerate`, the interceptor.
+- `trig.py`: vectorisable atan2, sin and cos for the FreqBlocks.
+- `init.py`: parameters initialised on the host (numpy).
 - `process.py`, `block_cache.py`, `native.py`: the settings applied before JAX
   starts on CPU-only hosts (XLA:CPU flags, huge pages, the large-block cache).
 

@@ -11,14 +11,19 @@ computes, with the custom-VJP ops of `ops.py`:
   bias's gradient as a C++ channel sum;
 - `ChannelAttention` as one block-masked (C x C) product per image, on the
   C++ GEMMs (the per-head batched dots of the plain module are slow on XLA:CPU);
+- `FreqBlock.polar` / `FreqBlock.cartesian` (angle, sin, cos of every spectrum
+  bin) by the vectorisable polynomials of `trig.py` (XLA:CPU calls scalar libm),
+  unless `trig="xla"`;
 - with `remat=True`, each FreqBlock, ResidualGroup and FuseBlock recomputed in
   the backward pass from inputs tied to the incoming gradient (XLA:CPU drops
   the optimisation barriers of `nn.remat` and merges its recomputation back
   into the forward, so that `nn.remat` stores as much as no remat at all).
 
-Numerics: the direct 3x3 sums are the release's (the golden vector is
-reproduced); Winograd's (`conv_algorithm`) round differently, and so do the
-hand-written gradients: see README ("Numerics").
+Numerics: the direct 3x3 sums are the release's (with `trig="xla"` the golden
+vector is reproduced); Winograd's (`conv_algorithm`), the polynomial phases
+(a few 1e-7 from libm's) and the hand-written gradients round differently, and a
+spectrum bin next to the negative real axis can then take the other side of
+its 2 pi phase jump: see README ("Numerics").
 """
 
 import contextlib
@@ -31,10 +36,12 @@ import jax
 import jax.numpy as jnp
 
 from sfmnet_jax.cpu import kernels, ops
-from sfmnet_jax.model.blocks import ChannelAttention
+from sfmnet_jax.cpu import trig as polynomial_trig
+from sfmnet_jax.model.blocks import ChannelAttention, FreqBlock
 from sfmnet_jax.model.generator import REMAT_BLOCKS
 
 CONV_IMPLS = ("auto", "xla", "kernels")
+TRIG_IMPLS = ("poly", "xla")
 
 
 def use_kernels(conv_impl: str = "auto", platform=None) -> bool:
@@ -59,14 +66,18 @@ def use_kernels(conv_impl: str = "auto", platform=None) -> bool:
 
 
 def accelerate(module: nn.Module, conv_impl: str = "auto", conv_algorithm: str = "auto",
-               platform=None) -> nn.Module:
+               platform=None, trig: str = "poly") -> nn.Module:
   """`module` as it runs best here: itself, or its kernel-backed copy (see the module doc).
 
   `conv_algorithm` picks the kernels' 3x3 forward: "auto" (Winograd outside the
   frequency branch, whose values reach no phase; direct inside it), "direct",
-  "winograd" (F(2x2, 3x3)) or "winograd4" (F(4x4, 3x3)) everywhere.
+  "winograd" (F(2x2, 3x3)) or "winograd4" (F(4x4, 3x3)) everywhere. `trig` picks
+  the FreqBlocks' angle / sin / cos: "poly" (`trig.py`) or "xla" (XLA's, as the
+  plain module).
   """
   kernels.check_algorithm(conv_algorithm)
+  if trig not in TRIG_IMPLS:
+    raise ValueError(f"unknown trig {trig!r}; one of {TRIG_IMPLS}")
   if isinstance(module, Accelerated):
     return module
   if getattr(module, "dtype", jnp.float32) != jnp.float32 or not use_kernels(conv_impl, platform):
@@ -77,7 +88,7 @@ def accelerate(module: nn.Module, conv_impl: str = "auto", conv_algorithm: str =
   if "remat" in fields:
     fields["remat"] = False  # recomputed by the interceptor instead
   return _accelerated_class(type(module))(**fields, conv_algorithm=conv_algorithm,
-                                          recompute=recompute)
+                                          recompute=recompute, trig=trig)
 
 
 class Accelerated:
@@ -90,9 +101,10 @@ def _accelerated_class(cls):
   class AcceleratedModule(Accelerated, cls):
     conv_algorithm: str = "auto"
     recompute: bool = False
+    trig: str = "poly"
 
     def __call__(self, *args, **kwargs):
-      with nn.intercept_methods(Interceptor(self.conv_algorithm, self.recompute)):
+      with nn.intercept_methods(Interceptor(self.conv_algorithm, self.recompute, self.trig)):
         return super().__call__(*args, **kwargs)
 
   AcceleratedModule.__name__ = cls.__name__
@@ -129,9 +141,13 @@ class Interceptor:
 
   conv_algorithm: str = "auto"
   recompute: bool = False
+  trig: str = "poly"
 
   def __call__(self, next_fun, args, kwargs, context):
     module = context.module
+    if (self.trig == "poly" and isinstance(module, FreqBlock)
+        and context.method_name in ("polar", "cartesian")):
+      return getattr(polynomial_trig, context.method_name)(*args, **kwargs)
     if context.method_name != "__call__" or module.is_initializing() or kwargs:
       return next_fun(*args, **kwargs)
     if isinstance(module, nn.Conv):

@@ -71,15 +71,21 @@ class FreqBlock(nn.Module):
                         conv(c, 3, c, dtype=dt))
 
     y = conv(c, 1, c, dtype=dt, name="fpre")(x)
-    spec = spectral.rfft2(y.astype(jnp.float32) + 1e-8)
-    amp, pha = spectral.amplitude(spec), spectral.phase(spec)
+    amp, pha = self.polar(spectral.rfft2(y.astype(jnp.float32) + 1e-8))
     amp = amp + spectral_fuse("amp_fuse")(amp).astype(jnp.float32)
     pha = pha + spectral_fuse("pha_fuse")(pha).astype(jnp.float32)
-    real = amp * jnp.cos(pha) + 1e-8
-    imag = amp * jnp.sin(pha) + 1e-8
-    z = jnp.abs(spectral.irfft2(jax.lax.complex(real, imag), (h, w)))
+    real, imag = self.cartesian(amp, pha)
+    z = jnp.abs(spectral.irfft2(jax.lax.complex(real + 1e-8, imag + 1e-8), (h, w)))
     out = conv(c, 1, c, dtype=dt, name="post")(z) + x.astype(dt)
     return nan_to_num(out)
+
+  def polar(self, spec):
+    """(|F|, angle(F)) of a spectrum, with finite gradients at F == 0."""
+    return spectral.amplitude(spec), spectral.phase(spec)
+
+  def cartesian(self, amp, pha):
+    """(A cos P, A sin P)."""
+    return amp * jnp.cos(pha), amp * jnp.sin(pha)
 
 
 def l2_normalize(t, eps: float = 1e-12):

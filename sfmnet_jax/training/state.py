@@ -28,7 +28,8 @@ ARCHITECTURE = ("num_features", "num_resblocks", "num_heads", "share_fusion_atte
 
 def _accelerate(config, module, platform=None):
   return accelerate(module, config.model.get("conv_impl", "auto"),
-                    config.model.get("conv_algorithm", "auto"), platform)
+                    config.model.get("conv_algorithm", "auto"), platform,
+                    config.model.get("cpu_trig", "poly"))
 
 
 def build_model(config, platform=None) -> SFMNet:
@@ -50,9 +51,20 @@ def _initial_generator(config, model, platform):
   return _accelerate(config, loaded, platform), variables["params"]
 
 
+def flatten_optimizer(optimizer_cfg, platform=None) -> bool:
+  """`optimizer.flatten`: True, False, or None = on the CPU backend (where many small
+  per-tensor ops cost more than one concatenation)."""
+  flatten = optimizer_cfg.get("flatten", None)
+  if flatten is None:
+    return (platform or jax.default_backend()) == "cpu"
+  if not isinstance(flatten, bool):
+    raise ValueError(f"optimizer.flatten must be True, False or None, got {flatten!r}")
+  return flatten
+
+
 def create_state(config, model, platform=None):
   """The initial TrainState, the static pieces the steps need (with the model), VGG params."""
-  tx = steps.adam(config.optimizer)
+  tx = steps.adam(config.optimizer, flatten_optimizer(config.optimizer, platform))
   model, g_params = _initial_generator(config, model, platform)
   static = {"model": model, "tx": tx, "cfg": config}
   ema = config.ema_decay > 0
@@ -62,7 +74,7 @@ def create_state(config, model, platform=None):
     raise ValueError(f"stage must be 'psnr' or 'gan', got {config.stage!r}")
   from sfmnet_jax.weights import vgg  # pylint: disable=g-import-not-at-top
   vgg_model, vgg_params = vgg.load_perceptual_network(config.perceptual)
-  d_tx = steps.adam(config.d_optimizer)
+  d_tx = steps.adam(config.d_optimizer, flatten_optimizer(config.d_optimizer, platform))
   d_spa, d_fre = SpatialDiscriminator(), FrequencyDiscriminator()
   size = (config.data.patch_size or 128,) * 2  # the discriminators see training crops
   d_params = (init_params(d_spa, config.seed + 1, size, platform),
@@ -76,13 +88,20 @@ def create_state(config, model, platform=None):
 
 def _restructure(template, raw):
   """`raw` (a state as Orbax restores it without a target: dicts, lists, arrays) in the
-  structure of `template`. Where the template has a tree of arrays and `raw` one flat
-  vector (the optimiser moments of checkpoints written before the parameters became
-  pytrees, which kept each network's parameters as one vector), the vector is
-  unravelled in the tree's leaf order."""
+  structure of `template`. Optimiser moments move between their two layouts: where the
+  template has a tree of arrays and `raw` one vector (`optimizer.flatten`, or checkpoints
+  written before the parameters became pytrees), the vector is unravelled in the tree's
+  leaf order; where the template has one vector and `raw` a tree, the tree's leaves are
+  concatenated in that order."""
   leaves, treedef = jax.tree_util.tree_flatten(template)
   if not leaves:
     return template
+  if treedef.num_nodes == 1 and np.ndim(template) == 1 and isinstance(raw, dict):
+    parts = [np.ravel(np.asarray(x)) for x in jax.tree_util.tree_leaves(raw)]
+    if sum(p.size for p in parts) != np.size(template):
+      raise ValueError(f"a checkpoint tree of {sum(p.size for p in parts)} values does not "
+                       f"fit a vector of {np.size(template)}")
+    return np.concatenate(parts).astype(np.asarray(template).dtype)
   if isinstance(raw, np.ndarray) or hasattr(raw, "shape"):
     raw = np.asarray(raw)
     if treedef.num_nodes == 1:  # a leaf

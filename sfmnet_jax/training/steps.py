@@ -42,9 +42,15 @@ def learning_rate_schedule(cfg) -> optax.Schedule:
   return optax.constant_schedule(cfg.learning_rate)
 
 
-def adam(cfg) -> optax.GradientTransformation:
-  """The release's optimiser: Adam(lr, betas (0.9, 0.99), eps 1e-8) on `learning_rate_schedule`."""
-  return optax.adam(learning_rate_schedule(cfg), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
+def adam(cfg, flatten: bool = False) -> optax.GradientTransformation:
+  """The release's optimiser: Adam(lr, betas (0.9, 0.99), eps 1e-8) on `learning_rate_schedule`.
+
+  `flatten`: Adam over one concatenation of all parameters (`optax.flatten`): the same
+  update in a few large ops instead of a few per parameter tensor; its moments are
+  then one vector.
+  """
+  tx = optax.adam(learning_rate_schedule(cfg), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
+  return optax.flatten(tx) if flatten else tx
 
 
 def new_state(g_params, g_tx, *, seed: int, ema: bool, d_params=None, d_tx=None) -> TrainState:

@@ -5,7 +5,7 @@ r"""Converts the authors' released generator weights to an Orbax checkpoint.
 RELEASE is a PyTorch `.pth` state_dict (read without torch when it is in
 PyTorch's zip format) or an `.npz` of its entries. OUTPUT_DIR becomes an
 Orbax checkpoint directory (see `checkpoints.py`) that `evaluate.py
---checkpoint`, `sfmnet_jax.infer` and GAN-stage training
+--checkpoint`, `sfmnet-infer` and GAN-stage training
 (`--config.init_from`) read.
 """
 

@@ -107,13 +107,37 @@ def test_auto_conv_algorithm_keeps_winograd_out_of_the_frequency_branch():
 @needs_kernels
 @pytest.mark.parametrize("algorithm", ["auto", "direct"])
 def test_golden_vector_with_the_kernels(golden, golden_model, algorithm):
-  """The default CPU mode ("auto": Winograd outside the frequency branch) and "direct"
-  reproduce the release's golden outputs."""
+  """The kernels' convs ("auto": Winograd outside the frequency branch, and "direct") with
+  XLA's phases reproduce the release's golden outputs. (The golden vector's last FreqBlocks
+  hold a bin 4e-6 from the negative real axis: the polynomial phases, a few 1e-7 off libm's,
+  put it on either side depending on XLA's optimisation flags; the next test checks them.)"""
   model, variables = golden_model
-  out, fre = jax.jit(cpu.accelerate(model, conv_algorithm=algorithm).apply)(
+  out, fre = jax.jit(cpu.accelerate(model, conv_algorithm=algorithm, trig="xla").apply)(
       variables, golden["lr_up"])
   np.testing.assert_allclose(out, golden["img_out"], atol=1e-4, rtol=0)
   np.testing.assert_allclose(fre, golden["img_fre"], atol=1e-4, rtol=0)
+
+
+@needs_kernels
+def test_default_mode_forward_near_the_plain_model_at_a_stable_input():
+  """The default CPU mode (kernels, Winograd outside the frequency branch, polynomial phases)
+  against the plain Flax model, at an input whose output moves by < 1e-5 under 1e-6 noise
+  (checked here, so that a phase jump cannot hide behind the comparison)."""
+  model = SFMNet(num_features=8, num_resblocks=1, num_heads=2)
+  rng = np.random.default_rng(7)
+  x = jnp.asarray(rng.uniform(size=(2, 16, 16, 3)), jnp.float32)
+  variables = model.init(jax.random.key(3), x)
+  plain = jax.jit(model.apply)
+  ref = np.asarray(plain(variables, x)[0])
+  noisy = np.asarray(plain(variables, x + 1e-6 * rng.standard_normal(x.shape))[0])
+  assert np.abs(noisy - ref).max() < 1e-5, "not a stable input: pick another seed"
+  fast = jax.jit(cpu.accelerate(model).apply)
+  out, fre = fast(variables, x)
+  want_out, want_fre = plain(variables, x)
+  err = max(np.abs(out - want_out).max(), np.abs(fre - want_fre).max())
+  assert 0 < err < 1e-4, err  # different rounding, same values
+  with pytest.raises(ValueError, match="unknown trig"):
+    cpu.accelerate(model, trig="libm")
 
 
 @needs_kernels

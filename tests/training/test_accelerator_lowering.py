@@ -53,7 +53,7 @@ def test_steps_and_forward_lower_for_accelerators_without_cpu_calls(kind):
       assert "all_reduce" in text, platform
     if kind == "psnr":
       # On an accelerator host "auto" is XLA's own model: the program conv_impl="xla" gives.
-      xla = _traced(kind, "cpu", "xla").lower(lowering_platforms=(platform,)).as_text()
+      xla = _traced(kind, "tpu", "xla").lower(lowering_platforms=(platform,)).as_text()
       assert text == xla, platform
 
 
