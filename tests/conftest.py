@@ -17,10 +17,31 @@ from sfmnet_jax import runtime  # noqa: E402  (imports no JAX)
 
 runtime.configure_xla_flags()  # the flags the entry points run with
 
+import pathlib
+
 import numpy as np
 import pytest
 
 import helpers
+
+
+# The two workers (pytest.ini: --dist loadfile --no-loadscope-reorder) take test files in
+# collection order, so the files that start training processes or compile the most go first
+# and the short ones fill in at the end. Only the suite's wall time depends on this order.
+SLOW_FILES_FIRST = ("training/test_runs.py", "model/test_generator.py", "training/test_steps.py",
+                    "evaluation/test_evaluation.py", "cpu/test_plugin.py",
+                    "training/test_accelerator_lowering.py", "benchmarks/test_benchmarks.py")
+
+
+def pytest_collection_modifyitems(config, items):
+  del config
+  tests = pathlib.Path(__file__).parent
+
+  def rank(item):
+    name = pathlib.Path(item.fspath).relative_to(tests).as_posix()
+    return SLOW_FILES_FIRST.index(name) if name in SLOW_FILES_FIRST else len(SLOW_FILES_FIRST)
+
+  items.sort(key=rank)  # stable: the other files keep their order
 
 
 @pytest.fixture(scope="session")

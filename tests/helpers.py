@@ -16,8 +16,10 @@ LEGACY_CHECKPOINT = FIXTURES / "legacy_checkpoint"
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 # Tests compile many small programs: trade XLA:CPU's code optimisation (not its numerics)
-# for ~40% faster compiles.
-FAST_COMPILE_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+# for faster compiles (LLVM at O0 without its expensive passes, and XLA:CPU's older
+# elemental emitters instead of its fusion emitters).
+FAST_COMPILE_FLAGS = ("--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true "
+                      "--xla_cpu_use_fusion_emitters=false")
 
 
 def load_golden():
@@ -73,3 +75,17 @@ def median_relative_error(got, want):
   errors = [np.linalg.norm(np.asarray(got[k], np.float64) - want[k]) / np.linalg.norm(want[k])
             for k in want]
   return float(np.median(errors))
+
+
+def raw_face_photos(root, count=3):
+  """A folder of raw photos for `prepare`: `count` JPEGs of the astronaut's face (one face
+  each, the second two faces), a blank PNG (no face) and a broken file."""
+  from PIL import Image
+  from sfmnet_jax.data import demo_faces
+  root.mkdir()
+  for i in range(count):
+    img, _ = demo_faces.astronaut_group_photo(1 + (i == 1), (300, 500), 60, seed=i)
+    Image.fromarray(img).save(root / f"photo_{i}.jpg", quality=95)
+  Image.new("RGB", (200, 200), (90, 90, 90)).save(root / "empty.png")
+  (root / "broken.png").write_bytes(b"not an image")
+  return root

@@ -4,6 +4,7 @@ r"""Prepares face datasets: TFDS data for training, or aligned crops from raw ph
   sfmnet-datasets folder PATH --scale=8 [--resize_to_square] [--skip_unreadable]
   sfmnet-datasets celeba --data_dir=D     # downloads CelebA (~1.4 GB)
   sfmnet-datasets prepare RAW_DIR OUT_DIR --convention=celeba [--list=FILES.txt]
+      [--beam_pipeline_options="runner=DirectRunner,direct_num_workers=2,direct_running_mode=multi_processing"]
 
 Training and evaluation prepare demo and folder data themselves when needed;
 CelebA is the one source that needs this step first (it downloads). `prepare`
@@ -44,6 +45,10 @@ def define_flags(fv):
   f.DEFINE_float("min_crop_side", 64.0, "prepare: skip faces whose crop covers fewer photo "
                  "pixels.", flag_values=fv)
   f.DEFINE_bool("progress", True, "prepare: show a progress bar.", flag_values=fv)
+  f.DEFINE_string("beam_pipeline_options", None, "prepare: run as an Apache Beam pipeline "
+                  "with these options, comma-separated without dashes (TFDS's convention), "
+                  "e.g. 'runner=DirectRunner,direct_num_workers=2,direct_running_mode="
+                  "multi_processing'.", flag_values=fv)
 
 
 def _prepare(fv, positional) -> int:
@@ -54,7 +59,7 @@ def _prepare(fv, positional) -> int:
   try:
     counts = prepare.prepare(positional[1], positional[2], fv.convention, fv.list, fv.partition,
                              fv.detector, fv.upsample, fv.min_score, fv.min_crop_side,
-                             fv.progress)
+                             fv.progress, fv.beam_pipeline_options)
   except (FileNotFoundError, ValueError, face_detection.ModelFileMissing) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1

@@ -8,6 +8,7 @@ r"""Benchmarks that print numbers and write JSON (speed targets are checked here
   sfmnet-benchmark input [--scale=8] [--batch_size=8] [--batches=300]
   sfmnet-benchmark photo --checkpoint=runs/demo
   sfmnet-benchmark profile [--num_features=32] [--target=psnr|gan|forward]
+  sfmnet-benchmark prepare [--photos=240] [--beam_pipeline_options=...] [--beam_workers=2]
 
 `model`: the generator (C=64 unless --num_features, 128x128): forward latency
 at batch 1 and throughput at larger batches on one device, the PSNR-stage and
@@ -22,6 +23,9 @@ first --batch_sizes) spends its time: XLA op time by kind, by SFMNet block
 and for the slowest ops (see benchmark_profile.py).
 `photo`: detection, alignment and restoration of a 1-megapixel photo with five
 small faces (the whole-photo pipeline of `sfmnet-infer`).
+`prepare`: photos per second of `sfmnet-datasets prepare` in one process and on
+Beam (default: the DirectRunner with 2 worker processes), same outputs checked,
+and the estimated time of CelebA and Helen on N workers (benchmarks/prepare.py).
 Results go to benchmark_results/<name>.json (or --output).
 """
 
@@ -40,7 +44,7 @@ import time  # noqa: E402
 from sfmnet_jax import cli  # noqa: E402
 
 BENCHMARK_DIR = "benchmark_results"
-WHAT = ("model", "compare", "input", "photo", "profile")
+WHAT = ("model", "compare", "input", "photo", "profile", "prepare")
 
 
 def write_json(result, name, output=None):
@@ -152,7 +156,8 @@ def bench_model(fv):
 
 def print_estimates(estimates, dtype):
   print(f"  XLA's cost analysis as lowered for each accelerator (plain model, {dtype}), and "
-        "ESTIMATED roofline times (not measured; lower bounds, see benchmarks/roofline.py):")
+        "ESTIMATED roofline times (not measured; orders of magnitude, see "
+        "benchmarks/roofline.py):")
   for name, rows in estimates.items():
     for r in rows:
       print(f"    {name:<16} {r['device']:<16} {r['flops'] / 1e9:9.1f} GFLOP  "
@@ -206,6 +211,14 @@ def bench_photo(fv):
   return result
 
 
+def bench_prepare(fv):
+  from sfmnet_jax.benchmarks import prepare as prepare_benchmark
+  result = prepare_benchmark.run(fv.photos, fv.beam_pipeline_options, fv.beam_workers,
+                                 detector=fv.detector, work_dir=fv.work_dir)
+  write_json(result, "prepare", fv.output)
+  return result
+
+
 def define_flags(fv):
   f = cli.flags
   f.DEFINE_string("output", None, "JSON path (default benchmark_results/<name>.json).",
@@ -248,8 +261,17 @@ def define_flags(fv):
   f.DEFINE_string("data_dir", None, "TFDS data dir for the demo faces.", flag_values=fv)
   # photo
   f.DEFINE_string("checkpoint", "runs/demo", "Generator for `photo`.", flag_values=fv)
-  f.DEFINE_enum("detector", "auto", ["auto", "cnn", "hog"], "Face detector for `photo`.",
+  f.DEFINE_enum("detector", "auto", ["auto", "cnn", "hog"], "Face detector (photo, prepare).",
                 flag_values=fv)
+  # prepare
+  f.DEFINE_integer("photos", 240, "prepare: raw photos to make and prepare.", flag_values=fv)
+  f.DEFINE_string("beam_pipeline_options", "runner=DirectRunner,direct_num_workers=2,"
+                  "direct_running_mode=multi_processing", "prepare: Beam's options.",
+                  flag_values=fv)
+  f.DEFINE_integer("beam_workers", 2, "prepare: the workers those options give (for the "
+                   "per-worker rate).", flag_values=fv)
+  f.DEFINE_string("work_dir", None, "prepare: where the photos and outputs go (default a "
+                  "new temporary folder).", flag_values=fv)
 
 
 def _main(fv, positional) -> int:
@@ -269,7 +291,7 @@ def _main(fv, positional) -> int:
       return 1
     return 0
   {"model": bench_model, "input": bench_input, "photo": bench_photo,
-   "profile": bench_profile}[what](fv)
+   "profile": bench_profile, "prepare": bench_prepare}[what](fv)
   return 0
 
 

@@ -4,10 +4,11 @@ A function is lowered for a platform without needing its devices (JAX's
 cross-platform lowering), so a CPU-only machine can say what a GPU or TPU
 would be asked to compute: XLA's count of FLOPs and of bytes accessed, for the
 plain model (no CPU kernels) as it runs there. The roofline time of a device
-is max(FLOPs / peak FLOP/s, bytes / memory bandwidth): an ESTIMATE and a lower
-bound, not a measurement. The bytes are counted per operation before XLA
-fuses any (an upper bound on memory traffic), and the peak FLOP/s are the
-matrix units' (most of SFMNet's elementwise and FFT work runs slower).
+is max(FLOPs / peak FLOP/s, bytes / memory bandwidth): an ESTIMATE, not a
+measurement, and only an order of magnitude. The FLOP term is a lower bound
+(peak FLOP/s are the matrix units'; SFMNet's elementwise and FFT work runs
+slower); the bytes are counted per operation before XLA fuses any, an upper
+bound on memory traffic, so a memory-bound figure can overstate the time.
 """
 
 import dataclasses
@@ -35,10 +36,10 @@ DEVICES = (
 )
 
 
-def lowered_cost(fn, args, platform: str) -> Dict[str, float]:
-  """{"flops", "bytes_accessed"} of `fn(*args)` lowered for `platform` ("cuda", "tpu", "cpu")."""
-  lowered = jax.jit(fn).trace(*args).lower(lowering_platforms=(platform,))
-  cost = lowered.cost_analysis()
+def lowered_cost(traced, platform: str) -> Dict[str, float]:
+  """{"flops", "bytes_accessed"} of a traced function (`jax.jit(fn).trace(...)`) lowered for
+  `platform` ("cuda", "tpu", "cpu")."""
+  cost = traced.lower(lowering_platforms=(platform,)).cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   return {"flops": float(cost.get("flops", 0.0)),
           "bytes_accessed": float(cost.get("bytes accessed", 0.0))}
@@ -56,10 +57,16 @@ def roofline(cost: Dict[str, float], device: Device, dtype: str) -> Dict[str, fl
 
 
 def estimates(build, dtype: str, devices: Sequence[Device] = DEVICES):
-  """Cost and roofline per device; `build(platform)` returns (fn, args) as they run there."""
-  out = []
+  """Cost and roofline per device; `build(platform)` returns (fn, args) as they run there.
+
+  Every platform but the CPU runs the same plain model, so one trace serves all of them.
+  """
+  traced, out = {}, []
   for device in devices:
-    fn, args = build(device.platform)
-    cost = lowered_cost(fn, args, device.platform)
+    kind = "cpu" if device.platform == "cpu" else "accelerator"
+    if kind not in traced:
+      fn, args = build(device.platform)
+      traced[kind] = jax.jit(fn).trace(*args)
+    cost = lowered_cost(traced[kind], device.platform)
     out.append({**cost, "platform": device.platform, **roofline(cost, device, dtype)})
   return out

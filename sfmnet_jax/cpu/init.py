@@ -1,12 +1,12 @@
 """Initial parameters drawn on the host with numpy, for the CPU backend.
 
-`model.init` compiled by XLA (`sfmnet_jax.model.init_variables`) is what GPUs
-and TPUs run; XLA:CPU, though, compiles the ~1,000 threefry draws of SFMNet's
-initialisers for about half a minute. `init_params` therefore draws the same
-distributions (the modules' PyTorch defaults, restated below by parameter
-name and tested against the modules' own initialisers) with numpy on the CPU
-backend, in well under a second; `SFMNET_CPU_KERNELS=0` turns it off too. The
-values differ from `model.init`'s for the same seed (another random stream).
+The modules' own initialisers (`sfmnet_jax.model.init_variables`, `model.init`'s
+threefry draws run op by op) are what GPUs and TPUs run. On the CPU backend
+`init_params` draws the same distributions (the modules' PyTorch defaults,
+restated below by parameter name and tested against the modules' own
+initialisers) with numpy instead, in well under a second;
+`SFMNET_CPU_KERNELS=0` turns it off too. The values differ from
+`model.init`'s for the same seed (another random stream).
 """
 
 import jax

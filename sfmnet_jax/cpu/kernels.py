@@ -31,7 +31,9 @@ give the same bits (`SFMNET_CPU_KERNELS_FLAGS=-mno-avx512f` builds the AVX2
 kernels on an AVX-512 CPU). Where they cannot be built (no compiler, another
 platform) XLA's ops are used and one warning says why; `SFMNET_CPU_KERNELS=0`
 turns them off. Only float32 on the CPU backend uses them; elsewhere each call
-is XLA's op (`jax.lax.platform_dependent`).
+is XLA's op. The choice is made when a function is traced (JAX's default
+backend), so a program traced with the kernels lowers for the CPU only; GPUs
+and TPUs never trace them (`accelerate` leaves the model plain there).
 """
 
 import ctypes
@@ -134,16 +136,13 @@ def available(cache_dir: str = CACHE_DIR) -> bool:
 
 
 def _call(target, out_shape, xla_op, *operands):
-  """`target` on CPUs when the kernels are available (float32 only), else `xla_op`."""
+  """`target` on the CPU backend when the kernels are available (float32 only), else
+  `xla_op`; decided at trace time."""
   if (any(a.dtype != jnp.float32 for a in operands) or jax.default_backend() != "cpu"
       or not available()):
     return xla_op(*operands)
-
-  def ffi_op(*operands):
-    out = jax.ShapeDtypeStruct(out_shape, jnp.float32)
-    return jax.ffi.ffi_call(target, out, vmap_method="sequential")(*operands)
-
-  return jax.lax.platform_dependent(*operands, cpu=ffi_op, default=xla_op)
+  out = jax.ShapeDtypeStruct(out_shape, jnp.float32)
+  return jax.ffi.ffi_call(target, out, vmap_method="sequential")(*operands)
 
 
 def xla_conv_same(x, k):

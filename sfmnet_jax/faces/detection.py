@@ -102,6 +102,14 @@ def shape_predictor(points: int):
   return _dlib().shape_predictor(model_path(getter))
 
 
+def load(detector: str = "auto", landmarks=(5,)) -> None:
+  """Loads the models `detect` will use now (raises ModelFileMissing if one is absent)."""
+  for kind in (("cnn", "hog") if detector == "auto" else (detector,)):
+    _detector(kind)
+  for n in landmarks:
+    shape_predictor(n)
+
+
 def _raw(image, kind, upsample):
   """[(box, score)] of one dlib detector."""
   if kind == "cnn":

@@ -139,13 +139,15 @@ def abstract_variables(model: nn.Module, image_size=(32, 32)):
 
 
 def init_variables(model: nn.Module, seed: int = 0, image_size=(8, 8)):
-  """`model.init` with the modules' own initialisers (PyTorch's defaults), compiled.
+  """`model.init`'s variables for `seed`: the modules' own initialisers (PyTorch's defaults).
 
-  The variables do not depend on the image size; `image_size` only shapes the
-  trace, so the smallest one the model takes is used.
+  Flax's `lazy_init` keeps only the parameter draws (no forward pass) and runs
+  them op by op, so no large program is compiled; the values equal
+  `jax.jit(model.init)`'s. `image_size` shapes the trace only (the generator's
+  variables do not depend on it, a discriminator's do).
   """
-  dummy = jnp.zeros((1, *image_size, 3), jnp.float32)
-  return jax.jit(model.init)(jax.random.key(seed), dummy)
+  dummy = jax.ShapeDtypeStruct((1, *image_size, 3), jnp.float32)
+  return model.lazy_init(jax.random.key(seed), dummy)
 
 
 def init_generator(model: SFMNet, seed: int = 0, image_size=(8, 8)):

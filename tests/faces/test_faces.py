@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 from skimage.transform import SimilarityTransform
 
-from helpers import GOLDEN
+from helpers import GOLDEN, raw_face_photos
 from sfmnet_jax.data import demo_faces, image_io, sources
 from sfmnet_jax.data import pipeline as ip
 from sfmnet_jax.faces import alignment, photo, prepare
@@ -138,23 +138,13 @@ def test_whole_photo_restoration_changes_only_the_faces(x4_model):
   np.testing.assert_array_equal(large.restored, plain)
 
 
-def _raw_photos(root):
-  root.mkdir()
-  for i in range(3):  # one face each, the second photo has two
-    img, _ = demo_faces.astronaut_group_photo(1 + (i == 1), (300, 500), 60, seed=i)
-    Image.fromarray(img).save(root / f"photo_{i}.jpg", quality=95)
-  Image.new("RGB", (200, 200), (90, 90, 90)).save(root / "empty.png")
-  (root / "broken.png").write_bytes(b"not an image")
-  return root
-
-
 def test_prepare_writes_a_dataset_that_training_and_evaluation_read(tmp_path):
-  raw = _raw_photos(tmp_path / "raw")
+  raw = raw_face_photos(tmp_path / "raw")
   out = tmp_path / "aligned"
   counts = prepare.prepare(str(raw), str(out), "celeba", detector="hog", upsample=1,
                            progress=False)
   assert counts == {"written": 3, "no_face": 1, "too_small": 0, "unreadable": 1,
-                    "several_faces": 1}
+                    "error": 0, "several_faces": 1}
   names = sorted(os.listdir(out / "HR"))
   assert names == ["photo_0.png", "photo_1.png", "photo_2.png"]
   for lr_dir, side in (("LR_x4_bicubic", 32), ("LR_bicubic", 16), ("LR_x16_bicubic", 8)):

@@ -1,6 +1,8 @@
 """The plain Flax generator against the release: golden outputs and, in exact mode, the
 PSNR-stage loss and gradients the release computes; shapes, dtypes, bad inputs."""
 
+import functools
+
 import flax
 import jax
 import jax.numpy as jnp
@@ -73,9 +75,13 @@ def test_parameter_counts_match_release():
 
 
 def test_init_is_the_modules_initialisers():
-  """`init_generator` is `model.init` compiled: seeded, PyTorch's bounds, constants exact."""
+  """`init_generator` equals `model.init`: seeded, PyTorch's bounds, constants exact."""
   model = SFMNet(num_features=8, num_resblocks=1)
   a, b = init_generator(model, 0)["params"], init_generator(model, 1)["params"]
+  full = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))["params"]  # eager: no compile
+  assert jax.tree_util.tree_structure(full) == jax.tree_util.tree_structure(a)
+  for x, y in zip(jax.tree_util.tree_leaves(full), jax.tree_util.tree_leaves(a)):
+    np.testing.assert_array_equal(x, y)
   flat = flax.traverse_util.flatten_dict(a)
   kernel = np.asarray(flat[("head", "layers_0", "layers", "kernel")])
   assert np.abs(kernel).max() <= 1 / np.sqrt(27) and kernel.std() > 0.4 / np.sqrt(27)
@@ -94,6 +100,19 @@ def test_non_square_input_and_jit(golden_model):
   np.testing.assert_allclose(out, out_eager, atol=1e-5)
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _loss_and_grads(model, params, x):
+  """A loss through both outputs and the phase of the frequency branch, its value and its
+  gradients for the parameters and the input (one compiled program per model)."""
+
+  def loss(params, x):
+    out, fre = model.apply({"params": params}, x)
+    amp, pha = spectral.amplitude_phase(fre)
+    return jnp.abs(out - 0.5).mean() + jnp.abs(fre - 0.5).mean() + 0.01 * (amp.mean() + pha.mean())
+
+  return jax.value_and_grad(loss, argnums=(0, 1))(params, x)
+
+
 @pytest.mark.parametrize("kind", ["random", "black"])
 def test_gradients_finite_through_both_outputs(golden_model, kind):
   model, variables = golden_model
@@ -101,14 +120,7 @@ def test_gradients_finite_through_both_outputs(golden_model, kind):
     x = jnp.zeros((1, 16, 16, 3))
   else:
     x = jax.random.uniform(jax.random.key(2), (1, 16, 16, 3))
-
-  def loss(params, x):
-    out, fre = model.apply({"params": params}, x)
-    amp, pha = spectral.amplitude_phase(fre)
-    return jnp.abs(out - 0.5).mean() + jnp.abs(fre - 0.5).mean() + 0.01 * (amp.mean() + pha.mean())
-
-  value, (g_params, g_x) = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(
-      variables["params"], x)
+  value, (g_params, g_x) = _loss_and_grads(model, variables["params"], x)
   assert np.isfinite(value)
   assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree_util.tree_leaves(g_params))
   assert np.isfinite(g_x).all()
@@ -172,16 +184,13 @@ def test_bad_input_shapes(golden_model, shape, message):
 
 def test_remat_same_gradients_and_parameters(golden, golden_model):
   """`remat=True` (nn.remat around each FreqBlock, ResidualGroup and FuseBlock): the same
-  parameters and, to rounding, the same gradients."""
+  parameters and, to rounding, the same loss and gradients."""
   model, variables = golden_model
-  x = golden["lr_up"][:1, :16, :16]
-
-  def grads(m):
-    return jax.jit(jax.grad(lambda p: jnp.abs(m.apply({"params": p}, x)[0] - 0.5).mean()))(
-        variables["params"])
-
-  plain, remat = grads(model), grads(model.clone(remat=True))
+  x = jnp.asarray(golden["lr_up"][:1, :16, :16])
+  (v_plain, (plain, _)), (v_remat, (remat, _)) = (
+      _loss_and_grads(m, variables["params"], x) for m in (model, model.clone(remat=True)))
   assert jax.tree_util.tree_structure(plain) == jax.tree_util.tree_structure(remat)
+  np.testing.assert_allclose(v_plain, v_remat, rtol=1e-5)
   scale = max(float(np.abs(g).max()) for g in jax.tree_util.tree_leaves(plain))
   jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5 * scale),
                          plain, remat)
