@@ -27,5 +27,10 @@ def grid(rows: Sequence[Sequence[np.ndarray]]) -> np.ndarray:
 
 
 def save_png(image: np.ndarray, path: str) -> None:
+  """Writes `image` (float in [0, 1] or uint8) as a PNG that appears whole or not at all:
+  written beside `path` and renamed, so a process killed mid-write leaves only a .tmp."""
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  Image.fromarray(quantize(image)).save(path)
+  tmp = f"{path}.{os.getpid()}.tmp"
+  with open(tmp, "wb") as f:
+    Image.fromarray(quantize(image)).save(f, format="PNG")
+  os.replace(tmp, path)

@@ -49,7 +49,8 @@ def parse_options(text: str) -> PipelineOptions:
 
 
 class DecidePhoto(beam.DoFn):
-  """Runs `PhotoJob.decide` on each photo name and keeps its decision."""
+  """Runs `PhotoJob.decide` on each photo name and keeps its decision as a pending file
+  (nothing is emitted)."""
 
   def __init__(self, job: prepare.PhotoJob):
     super().__init__()
@@ -68,24 +69,13 @@ class DecidePhoto(beam.DoFn):
     self.counters[status].inc()
     if status in ("unreadable", "error"):
       logging.warning("%s: %s (%s)", name, status, decision.get("error"))
-    yield status
 
 
-def run(job: prepare.PhotoJob, names: List[str], options: str) -> dict:
-  """Decides `names` on the runner `options` names; returns the Beam counters' totals."""
-  pipeline_options = parse_options(options)
-  with beam.Pipeline(options=pipeline_options) as pipeline:
+def run(job: prepare.PhotoJob, names: List[str], options: str) -> None:
+  """Decides `names` on the runner `options` names; the decisions are left as pending files
+  (`prepare.write_pending`), which the caller merges into the log."""
+  with beam.Pipeline(options=parse_options(options)) as pipeline:
     _ = (pipeline
          | "Photos" >> beam.Create(names)
          | "Spread" >> beam.Reshuffle()
          | "Decide" >> beam.ParDo(DecidePhoto(job)))
-  result = pipeline.result
-  counts = {}
-  try:
-    for c in result.metrics().query()["counters"]:
-      if c.key.metric.namespace == NAMESPACE:
-        counts[c.key.metric.name] = counts.get(c.key.metric.name, 0) + c.committed
-  except (AttributeError, NotImplementedError, KeyError):  # a runner without metrics
-    pass
-  logging.info("Beam prepare: %s", counts)
-  return counts

@@ -35,11 +35,10 @@ import shutil
 from typing import Dict, List, Optional
 
 import numpy as np
-from PIL import Image
 
 from sfmnet_jax.data import degradation, image_io
 from sfmnet_jax.data.face_folder import LR_DIRS
-from sfmnet_jax.data.image_io import quantize
+from sfmnet_jax.data.visualize import save_png
 from sfmnet_jax.faces import alignment
 from sfmnet_jax.faces import detection as face_detection
 
@@ -74,14 +73,6 @@ def crop_face(image, face, convention: alignment.Convention, transform) -> np.nd
 def output_name(name: str) -> str:
   """The PNG name of a photo in every folder of the layout (`a/b.jpg` -> `a_b.png`)."""
   return os.path.splitext(name.replace(os.sep, "_").replace("/", "_"))[0] + ".png"
-
-
-def _save_png_atomic(image, path):
-  """A PNG that appears whole or not at all (a worker killed mid-write leaves a .tmp)."""
-  tmp = f"{path}.{os.getpid()}.tmp"
-  with open(tmp, "wb") as f:
-    Image.fromarray(quantize(image)).save(f, format="PNG")
-  os.replace(tmp, path)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,9 +129,8 @@ class PhotoJob:
       return dict(decision, status="too_small")
     hr = crop_face(image, face, conv, t)
     for scale, lr_dir in LR_DIRS.items():
-      _save_png_atomic(degradation.make_lr(hr, scale), os.path.join(self.out_dir, lr_dir,
-                                                                      out_name))
-    _save_png_atomic(hr, os.path.join(self.out_dir, "HR", out_name))  # last: marks it done
+      save_png(degradation.make_lr(hr, scale), os.path.join(self.out_dir, lr_dir, out_name))
+    save_png(hr, os.path.join(self.out_dir, "HR", out_name))  # last: marks it done
     return dict(decision, status="written")
 
 
@@ -243,8 +233,8 @@ def prepare(raw_dir: str, out_dir: str, convention: str = "celeba", list_file=No
       iterator = tqdm.tqdm(todo, desc="prepare", unit="photo")
     for name in iterator:  # each decision is kept as it is made: a killed run resumes
       write_pending(out_dir, job.decide(name))
-  _merge_pending(out_dir, decisions, settings)
-  _save_log(out_dir, decisions, settings)
+  if not _merge_pending(out_dir, decisions, settings):  # it saved the log if it merged any
+    _save_log(out_dir, decisions, settings)
   counts = {k: 0 for k in ("written", "no_face", "too_small", "unreadable", "error",
                            "several_faces")}
   for name in names:
