@@ -3,6 +3,9 @@ r"""Super-resolves faces with a trained or released SFMNet: LR crops, or whole p
   sfmnet-infer --checkpoint=runs/demo --input=photo.jpg --output=out
   sfmnet-infer --checkpoint=SFMNet_x8.pth --scale=8 --input=photos/ --output=out
   sfmnet-infer --checkpoint=runs/demo --demo --output=out   # astronaut group photo
+  sfmnet-infer --model=exported/sfmnet.onnx --input=photos/ --output=out   # no JAX
+  sfmnet-infer --model=sfmnet.onnx --input=DIR --output=OUT \
+      --beam_pipeline_options="runner=DirectRunner,direct_num_workers=2,direct_running_mode=multi_processing"
 
 An input of the model's LR size (128/scale, e.g. 16x16 at x8) is an aligned LR
 face and is super-resolved as it is (`<name>_sfmnet_x8.png`, 128x128). A
@@ -19,32 +22,41 @@ large for the scale are left as they are and reported (--restore_large to
 restore them anyway). --nodetect keeps the old behaviour for photos: centre
 crop to a square, PIL-bicubic to the LR size. Unreadable files and photos over
 --max_pixels are skipped and counted; a photo without faces is reported.
+`infer_log.json` in the output folder records what was done with each file; a
+rerun skips the files already done (a killed run resumes).
+
+--model takes an ONNX file written by `sfmnet-export` and runs it on
+onnxruntime: this path imports neither JAX nor TensorFlow. With
+--beam_pipeline_options the files are restored by an Apache Beam pipeline
+(`faces/beam_restore.py`), with the same output bytes.
 """
 
 from sfmnet_jax import runtime
 
-if __name__ == "__main__":
+if __name__ == "__main__" and not any(a.startswith("--model") for a in __import__("sys").argv):
   runtime.prepare_process()  # before JAX starts (CPU-only hosts: see sfmnet_jax/cpu/process.py)
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-import json  # noqa: E402
+import functools  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
+import tempfile  # noqa: E402
 
 from sfmnet_jax import cli  # noqa: E402
-from sfmnet_jax.data import degradation, image_io  # noqa: E402
+from sfmnet_jax.data import image_io  # noqa: E402
 from sfmnet_jax.data.degradation import HR_SIZE  # noqa: E402
 from sfmnet_jax.data.visualize import save_png  # noqa: E402
-from sfmnet_jax.faces import alignment, photo  # noqa: E402
+from sfmnet_jax.faces import alignment, photo, restore_job  # noqa: E402
 from sfmnet_jax.faces import detection as face_detection  # noqa: E402
-from sfmnet_jax.weights import checkpoints  # noqa: E402
 
 
 def define_flags(fv):
   f = cli.flags
   f.DEFINE_string("checkpoint", "runs/demo", "A training workdir, checkpoint folder, convert "
                   "folder or release .pth/.npz.", flag_values=fv)
+  f.DEFINE_string("model", None, "An ONNX file written by sfmnet-export, run on onnxruntime "
+                  "(instead of --checkpoint; no JAX needed).", flag_values=fv)
   f.DEFINE_string("input", None, "An image file or a folder of images.", flag_values=fv)
   f.DEFINE_string("output", None, "Output folder.", flag_values=fv)
   f.DEFINE_enum("scale", None, ["4", "8", "16"], "Needed when the checkpoint does not record "
@@ -68,107 +80,148 @@ def define_flags(fv):
   f.DEFINE_bool("ema", True, "Use EMA weights when the checkpoint has them.", flag_values=fv)
   f.DEFINE_integer("max_pixels", photo.DEFAULT_MAX_PIXELS, "Refuse larger photos.",
                    flag_values=fv)
+  f.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Computation dtype of the "
+                "generator (parameters, FFTs and phases stay float32).", flag_values=fv)
+  f.DEFINE_string("beam_pipeline_options", None, "Restore the files as an Apache Beam "
+                  "pipeline, e.g. 'runner=DirectRunner,direct_num_workers=2,"
+                  "direct_running_mode=multi_processing' (comma-separated, no dashes).",
+                  flag_values=fv)
 
 
 def demo_group_photo(scale: int):
   """Three astronauts, faces about 0.65 x the LR crop's side (at x4 ~21 px; at least 20 px,
   what the detector finds, so at x8 and x16 they are too large and left as they are)."""
-  from sfmnet_jax.data import demo_faces
+  from sfmnet_jax.data import astronaut
   width = max(0.65 * HR_SIZE / scale, 20.0)
-  return demo_faces.astronaut_group_photo(3, (240, 360), width, seed=1)[0]
+  return astronaut.astronaut_group_photo(3, (240, 360), width, seed=1)[0]
 
 
-def collect_inputs(paths, max_pixels):
-  """(name, image) for every readable file, and (path, error) for the skipped ones."""
-  images, skipped = [], []
-  for path in paths:
-    try:
-      images.append((os.path.splitext(os.path.basename(path))[0],
-                     image_io.read_rgb(path, max_pixels=max_pixels)))
-    except (image_io.ImageReadError, image_io.ImageTooLarge) as e:
-      logging.warning("skipping %s", e)
-      skipped.append((path, str(e)))
-  return images, skipped
+def onnx_generator(path):
+  """The exported model on onnxruntime (what --model loads; imports no JAX)."""
+  from sfmnet_jax.export.onnx_runtime import OnnxGenerator
+  return OnnxGenerator(path)
 
 
-def write_photo(result: photo.PhotoResult, name: str, out_dir: str, freq: bool, bicubic: bool):
-  s = result.scale
-  save_png(result.restored, os.path.join(out_dir, f"{name}_restored_x{s}.png"))
-  if bicubic:
-    save_png(result.upscaled, os.path.join(out_dir, f"{name}_bicubic_x{s}.png"))
-  save_png(photo.annotate(result.photo, result.faces), os.path.join(out_dir, f"{name}_faces.png"))
-  for pf in result.faces:
-    if pf.sr is None:
-      continue
-    stem = os.path.join(out_dir, f"{name}_face{pf.index:02d}")
-    save_png(pf.lr, f"{stem}_lr.png")
-    save_png(pf.sr, f"{stem}_sfmnet_x{s}.png")
-    if freq:
-      save_png(pf.fre, f"{stem}_sfmnet_x{s}_freq.png")
-    if bicubic:
-      save_png(pf.lr_up, f"{stem}_bicubic_x{s}.png")
-  with open(os.path.join(out_dir, f"{name}_faces.json"), "w") as f:
-    json.dump(result.to_json(), f, indent=1)
+def jax_generator(checkpoint, use_ema, scale, dtype):
+  """(generator, info) of a checkpoint (what --checkpoint loads)."""
+  from sfmnet_jax.weights import checkpoints
+  model, variables, info = checkpoints.load_generator(
+      checkpoint, use_ema=use_ema, scale=scale, scale_flag="--scale", dtype=dtype)
+  return photo.as_generator(model, variables), info
+
+
+def _jax_generator_only(*args):
+  return jax_generator(*args)[0]
+
+
+def open_generator(fv):
+  """(generator, a picklable loader that makes it again on a Beam worker, scale, label)."""
+  scale = int(fv.scale) if fv.scale else None
+  if fv.model:
+    if fv["checkpoint"].present:
+      raise cli.UsageError("give --model or --checkpoint, not both")
+    if fv.dtype != "float32":
+      raise ValueError(f"--model={fv.model}: ONNX exports compute in float32 (--dtype "
+                       f"{fv.dtype} is for --checkpoint)")
+    generator = onnx_generator(fv.model)
+    if generator.size != (HR_SIZE, HR_SIZE):
+      raise ValueError(f"{fv.model} takes {generator.size[0]}x{generator.size[1]} images; faces "
+                       f"are {HR_SIZE}x{HR_SIZE}: export with --height={HR_SIZE} "
+                       f"--width={HR_SIZE}")
+    if scale is not None and generator.scale != scale:
+      raise ValueError(f"{fv.model} is a x{generator.scale} model, not x{scale}")
+    return (generator, functools.partial(onnx_generator, fv.model), generator.scale,
+            f"{os.path.basename(fv.model)} on onnxruntime")
+  args = (fv.checkpoint, fv.ema, scale, fv.dtype)
+  generator, info = jax_generator(*args)
+  if info["scale"] is None:
+    raise ValueError(f"{fv.checkpoint} does not record its scale: pass --scale=4, 8 or 16")
+  return (generator, functools.partial(_jax_generator_only, fv.checkpoint, fv.ema,
+                                       info["scale"], fv.dtype), info["scale"],
+          f"JAX, {fv.dtype}")
+
+
+def report(decisions, scale, detector, upsample):
+  """Prints what was done with each photo; returns the counts."""
+  counts = {k: 0 for k in ("photos", "faces", "too_large", "no_face", "crops", "unreadable",
+                           "over_limit", "error")}
+  for d in sorted(decisions, key=lambda d: d["file"]):
+    name = os.path.splitext(d["file"])[0]
+    status = d["status"]
+    if status == "photo":
+      counts["photos"] += 1
+      counts["faces"] += d["restored"]
+      counts["too_large"] += d["too_large"]
+      print(f"{name}: {d['faces']} face(s), {d['restored']} restored"
+            + (f", {d['too_large']} left as they are (too large for x{scale})"
+               if d["too_large"] else "") + f" -> {d['output']}")
+    elif status == "no_face":
+      counts["photos"] += 1
+      counts["no_face"] += 1
+      print(f"{name}: no face found ({detector} detector, {upsample} upsamplings); try "
+            "--upsample=3 or --detector=cnn")
+    elif status == "crop":
+      counts["crops"] += 1
+    elif status == "too_large":
+      counts["over_limit"] += 1
+    else:
+      counts[status] += 1
+      print(f"{d['file']}: {status}: {d.get('error')}")
+  if counts["crops"]:
+    print(f"wrote {counts['crops']} super-resolved face crop(s) (x{scale}, {HR_SIZE}x{HR_SIZE})")
+  return counts
 
 
 def run(fv) -> int:
-  model, variables, info = checkpoints.load_generator(
-      fv.checkpoint, use_ema=fv.ema, scale=int(fv.scale) if fv.scale else None,
-      scale_flag="--scale")
-  scale = info["scale"]
-  if scale is None:
-    raise ValueError(f"{fv.checkpoint} does not record its scale: pass --scale=4, 8 or 16")
+  generator, loader, scale, label = open_generator(fv)
   convention = alignment.get_convention(fv.convention)
   convention.warn_licence()
+  scratch = None
   if fv.demo:
-    images, skipped = [("astronaut_group", demo_group_photo(scale))], []
+    scratch = tempfile.mkdtemp(prefix="sfmnet_infer_demo_")
+    paths = [os.path.join(scratch, "astronaut_group.png")]
+    save_png(demo_group_photo(scale), paths[0])
   else:
     if not fv.input or not os.path.exists(fv.input):
       raise FileNotFoundError(f"--input not found: {fv.input}")
     paths = ([os.path.join(fv.input, n) for n in image_io.list_image_files(fv.input)]
              if os.path.isdir(fv.input) else [fv.input])
-    images, skipped = collect_inputs(paths, fv.max_pixels)
-  if not images:
-    raise ValueError(f"no readable image in {fv.input} ({len(skipped)} skipped)")
-  lr_size = degradation.lr_size(scale)
+  if not paths:
+    raise ValueError(f"no file in {fv.input}")
   os.makedirs(fv.output, exist_ok=True)
-  crops, counts = [], {"photos": 0, "faces": 0, "too_large": 0, "no_face": 0}
-  for name, image in images:
-    if image.shape[:2] == (lr_size, lr_size):
-      crops.append((name, image))
-    elif not fv.detect:
-      logging.info("%s: %dx%d photo, centre-cropped and resized to %dx%d (--nodetect)", name,
-                   image.shape[1], image.shape[0], lr_size, lr_size)
-      crops.append((name, image_io.to_square_size(image, lr_size)))
+  job = restore_job.RestoreJob(
+      fv.output, loader, scale, detect=fv.detect, detector=fv.detector, upsample=fv.upsample,
+      min_score=fv.min_score, convention=fv.convention, restore_large=fv.restore_large,
+      freq=fv.freq, bicubic=fv.bicubic, max_pixels=fv.max_pixels)
+  done = restore_job.decided(fv.output)
+  todo = [p for p in paths if os.path.basename(p) not in done]
+  if len(todo) < len(paths):
+    print(f"{len(paths) - len(todo)} file(s) already done in {fv.output} (infer_log.json): "
+          "skipped")
+  try:
+    if fv.beam_pipeline_options is not None:
+      from sfmnet_jax.faces import beam_restore
+      if todo:
+        beam_restore.run(job, todo, fv.beam_pipeline_options)
     else:
-      result = photo.restore_photo(image, model, variables, scale, convention=convention,
-                                   detector=fv.detector, upsample=fv.upsample,
-                                   min_score=fv.min_score, restore_large=fv.restore_large)
-      counts["photos"] += 1
-      if not result.faces:
-        counts["no_face"] += 1
-        print(f"{name}: no face found ({fv.detector} detector, {fv.upsample} upsamplings); "
-              "try --upsample=3 or --detector=cnn")
-        continue
-      write_photo(result, name, fv.output, fv.freq, fv.bicubic)
-      large = sum(pf.status == "too_large" for pf in result.faces)
-      counts["faces"] += len(result.faces) - large
-      counts["too_large"] += large
-      print(f"{name}: {len(result.faces)} face(s), {len(result.faces) - large} restored"
-            + (f", {large} left as they are (too large for x{scale})" if large else "")
-            + f" -> {name}_restored_x{scale}.png")
-  if crops:
-    lr_up, out, fre = photo.super_resolve(model, variables, [c for _, c in crops])
-    for i, (name, _) in enumerate(crops):
-      save_png(out[i], os.path.join(fv.output, f"{name}_sfmnet_x{scale}.png"))
-      if fv.freq:
-        save_png(fre[i], os.path.join(fv.output, f"{name}_sfmnet_x{scale}_freq.png"))
-      if fv.bicubic:
-        save_png(lr_up[i], os.path.join(fv.output, f"{name}_bicubic_x{scale}.png"))
-    print(f"wrote {len(crops)} super-resolved face crop(s) (x{scale}, {HR_SIZE}x{HR_SIZE})")
+      job.generator = generator
+      job.run(todo)
+  finally:
+    decisions = restore_job.merge_log(fv.output, {"scale": scale, "model": label})
+    if scratch:
+      import shutil
+      shutil.rmtree(scratch, ignore_errors=True)
+  names = {os.path.basename(p) for p in paths}
+  counts = report([d for f, d in decisions.items() if f in names], scale, fv.detector,
+                  fv.upsample)
+  readable = counts["photos"] + counts["crops"]
+  if not readable and not counts["error"]:
+    raise ValueError(f"no readable image in {fv.input} ({counts['unreadable']} unreadable)")
   print(f"done: {counts['photos']} photo(s), {counts['faces']} face(s) restored, "
         f"{counts['too_large']} too large, {counts['no_face']} photo(s) without a face, "
-        f"{len(crops)} crop(s); skipped {len(skipped)} unreadable file(s); output in {fv.output}")
+        f"{counts['crops']} crop(s); skipped {counts['unreadable']} unreadable file(s), "
+        f"{counts['over_limit']} over --max_pixels, {counts['error']} failed; x{scale} "
+        f"({label}); output in {fv.output}")
   return 0
 
 
@@ -182,8 +235,8 @@ def _main(fv, positional) -> int:
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
   try:
     return run(fv)
-  except (FileNotFoundError, ValueError, face_detection.ModelFileMissing) as e:
-    print(f"error: {e}", file=sys.stderr)
+  except (FileNotFoundError, ValueError, ImportError, face_detection.ModelFileMissing) as e:
+    print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
     return 1
 
 

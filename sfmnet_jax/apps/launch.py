@@ -7,6 +7,7 @@
   sfmnet-datasets                   prepare datasets (apps/datasets.py)
   sfmnet-convert                    release weights -> Orbax checkpoint (weights/convert.py)
   sfmnet-benchmark                  benchmarks (benchmarks/__main__.py)
+  sfmnet-export                     ONNX and SavedModel export (export/exporter.py)
 """
 
 import importlib
@@ -15,8 +16,9 @@ import sys
 from sfmnet_jax import runtime
 
 
-def _run(module: str):
-  runtime.prepare_process()  # may re-execute this process (CPU-only hosts)
+def _run(module: str, uses_jax: bool = True):
+  if uses_jax:
+    runtime.prepare_process()  # may re-execute this process (CPU-only hosts)
   sys.exit(importlib.import_module(module).main())
 
 
@@ -29,7 +31,8 @@ def evaluate():
 
 
 def infer():
-  _run("sfmnet_jax.apps.infer")
+  # --model=FILE.onnx runs on onnxruntime: no JAX, so no process settings for it.
+  _run("sfmnet_jax.apps.infer", uses_jax=not any(a.startswith("--model") for a in sys.argv))
 
 
 def demo():
@@ -42,6 +45,10 @@ def datasets():
 
 def convert():
   _run("sfmnet_jax.weights.convert")
+
+
+def export():
+  _run("sfmnet_jax.export.exporter")
 
 
 def benchmark():

@@ -60,6 +60,8 @@ def define_flags(fv):
   f.DEFINE_string("convention", "celeba", "Crop convention of the model's training data.",
                   flag_values=fv)
   f.DEFINE_integer("upsample", 2, "Detector upsamplings.", flag_values=fv)
+  f.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Computation dtype of the "
+                "generator.", flag_values=fv)
   f.DEFINE_string("scratch_dir", None, "Where uploads and results go (default: a new "
                   "temporary folder, removed on exit).", flag_values=fv)
 
@@ -68,15 +70,16 @@ class Restorer:
   """The loaded, compiled model and what one request does with it (no Gradio here)."""
 
   def __init__(self, checkpoint, scale=None, convention="celeba", upsample=2,
-               max_pixels=8_000_000, scratch_dir=None):
+               max_pixels=8_000_000, scratch_dir=None, dtype="float32"):
     self.convention, self.upsample, self.max_pixels = convention, upsample, max_pixels
+    self.dtype = dtype
     self.scratch = scratch_dir or tempfile.mkdtemp(prefix="sfmnet_app_")
     os.makedirs(self.scratch, exist_ok=True)
     self.error, self.model, self.scale = None, None, None
     try:
       from sfmnet_jax.weights import checkpoints
       self.model, self.variables, info = checkpoints.load_generator(
-          checkpoint, scale=scale, scale_flag="--scale")
+          checkpoint, scale=scale, scale_flag="--scale", dtype=dtype)
       self.scale = info["scale"]
       if self.scale is None:
         raise ValueError(f"{checkpoint} does not record its scale: start the app with --scale")
@@ -103,8 +106,7 @@ class Restorer:
       elif not image_path:
         return None, None, [], "Upload or drop a photo first.", []
       else:
-        image = image_io.read_rgb(image_path, max_pixels=self.max_pixels)
-        name = os.path.splitext(os.path.basename(image_path))[0]
+        image, name = read_upload(image_path, self.max_pixels)
     except image_io.ImageTooLarge as e:
       return None, None, [], f"**Photo too large.** {e}", []
     except (image_io.ImageReadError, OSError) as e:
@@ -143,13 +145,26 @@ class Restorer:
         z.write(path, os.path.basename(path))
     h, w = result.restored.shape[:2]
     status = "\n".join([
-        f"**{len(result.faces)} face(s)** found, {len(restored)} restored at x{self.scale}; "
+        f"**{len(result.faces)} face(s)** found, {len(restored)} restored at x{self.scale} "
+        f"({self.dtype}); "
         f"restored photo {w}x{h}.",
         f"Detection {result.timings['detect']:.2f} s, super-resolution "
         f"{result.timings['super_resolve']:.2f} s, paste {result.timings['paste']:.2f} s, "
         f"total {total:.2f} s.", "", *lines])
     slider = None if mode == MODES[1] else (result.upscaled, result.restored)
     return annotated, slider, gallery, status, [restored_path, zip_path]
+
+
+def read_upload(path, max_pixels):
+  """(image, name stem) of an uploaded file; errors name the upload by its own file name.
+
+  Gradio keeps an upload at `<scratch>/uploads/<hash>/<its name>`; a visitor sees
+  only `<its name>` in a message, never the server's folders.
+  """
+  path = os.fspath(path)
+  shown = os.path.basename(path)
+  image = image_io.read_rgb(path, max_pixels=max_pixels, name=shown)
+  return image, os.path.splitext(shown)[0]
 
 
 def _face_row(pf) -> np.ndarray:
@@ -203,7 +218,7 @@ def _main(fv, positional) -> int:
   os.environ["GRADIO_TEMP_DIR"] = os.path.join(scratch, "uploads")  # gradio's uploads, too
   os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
   restorer = Restorer(fv.checkpoint, int(fv.scale) if fv.scale else None, fv.convention,
-                      fv.upsample, fv.max_pixels, os.path.join(scratch, "results"))
+                      fv.upsample, fv.max_pixels, os.path.join(scratch, "results"), fv.dtype)
   host = "0.0.0.0" if fv.listen else fv.host
   if host not in ("127.0.0.1", "localhost"):
     logging.warning("listening on %s: anyone who can reach this machine can use the page", host)

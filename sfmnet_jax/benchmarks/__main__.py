@@ -9,6 +9,7 @@ r"""Benchmarks that print numbers and write JSON (speed targets are checked here
   sfmnet-benchmark photo --checkpoint=runs/demo
   sfmnet-benchmark profile [--num_features=32] [--target=psnr|gan|forward]
   sfmnet-benchmark prepare [--photos=240] [--beam_pipeline_options=...] [--beam_workers=2]
+  sfmnet-benchmark export [--release_dir=PATH/TO/SFMNet] [--widths=16,64] [--batch_sizes=1,8]
 
 `model`: the generator (C=64 unless --num_features, 128x128): forward latency
 at batch 1 and throughput at larger batches on one device, the PSNR-stage and
@@ -26,6 +27,8 @@ small faces (the whole-photo pipeline of `sfmnet-infer`).
 `prepare`: photos per second of `sfmnet-datasets prepare` in one process and on
 Beam (default: the DirectRunner with 2 worker processes), same outputs checked,
 and the estimated time of CelebA and Helen on N workers (benchmarks/prepare.py).
+`export`: the ONNX export on onnxruntime beside the JAX forward (CPU plugin and
+exact mode) and, with --release_dir, the release's PyTorch (benchmarks/export.py).
 Results go to benchmark_results/<name>.json (or --output).
 """
 
@@ -44,7 +47,7 @@ import time  # noqa: E402
 from sfmnet_jax import cli  # noqa: E402
 
 BENCHMARK_DIR = "benchmark_results"
-WHAT = ("model", "compare", "input", "photo", "profile", "prepare")
+WHAT = ("model", "compare", "input", "photo", "profile", "prepare", "export")
 
 
 def write_json(result, name, output=None):
@@ -219,6 +222,15 @@ def bench_prepare(fv):
   return result
 
 
+def bench_export(fv):
+  from sfmnet_jax.benchmarks import export as export_benchmark
+  widths = [int(w) for w in fv.widths] if fv["widths"].present else [16, 64]
+  batches = fv.batch_sizes if fv["batch_sizes"].present else [1, 8]
+  result = export_benchmark.run(fv.release_dir, widths, batches, fv.repeats, fv.rounds)
+  write_json(result, f"export_{result['machine']['platform']}", fv.output)
+  return result
+
+
 def define_flags(fv):
   f = cli.flags
   f.DEFINE_string("output", None, "JSON path (default benchmark_results/<name>.json).",
@@ -282,10 +294,10 @@ def _main(fv, positional) -> int:
   except ValueError:
     raise cli.UsageError(f"--batch_sizes takes integers, got {fv.batch_sizes}") from None
   what = positional[0]
-  if what == "compare":
+  if what in ("compare", "export"):
     from sfmnet_jax.benchmarks.release import ReleaseUnavailable
     try:
-      bench_compare(fv)
+      (bench_compare if what == "compare" else bench_export)(fv)
     except ReleaseUnavailable as e:
       print(f"error: {e}", file=sys.stderr)
       return 1

@@ -12,14 +12,14 @@ import time
 from sfmnet_jax import runtime
 from sfmnet_jax.weights import checkpoints
 from sfmnet_jax.faces import photo
-from sfmnet_jax.data import demo_faces
+from sfmnet_jax.data import astronaut
 from sfmnet_jax.data.degradation import HR_SIZE
 
 
 def run(checkpoint: str, detector: str = "auto", repeats: int = 3, upsample: int = 2):
   model, variables, info = checkpoints.load_generator(checkpoint)
   scale = info["scale"] or 4
-  image, centres = demo_faces.astronaut_group_photo(5, (1000, 1000), 0.65 * HR_SIZE / scale,
+  image, centres = astronaut.astronaut_group_photo(5, (1000, 1000), 0.65 * HR_SIZE / scale,
                                                     seed=3)
   photo.restore_photo(image, model, variables, scale, detector=detector, upsample=upsample)
   runs = []

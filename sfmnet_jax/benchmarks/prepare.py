@@ -16,7 +16,7 @@ import time
 from PIL import Image
 
 from sfmnet_jax import runtime
-from sfmnet_jax.data import demo_faces
+from sfmnet_jax.data import astronaut
 from sfmnet_jax.faces import prepare
 
 DATASETS = {"CelebA": 202_599, "Helen": 2_330}  # raw photos
@@ -28,7 +28,7 @@ def make_photos(folder, count, size=(400, 500), face_width=100.0):
   for i in range(count):
     path = os.path.join(folder, f"photo_{i:05d}.jpg")
     if not os.path.exists(path):
-      image, _ = demo_faces.astronaut_group_photo(1, size, face_width, seed=i)
+      image, _ = astronaut.astronaut_group_photo(1, size, face_width, seed=i)
       Image.fromarray(image).save(path, quality=95)
 
 

@@ -67,7 +67,7 @@ def step_repeats(repeats: int) -> int:
 
 
 def time_release(two_branch, torch, width, repeats, warmup_steps, train_batch=8,
-                 batch_sizes=(1, 8)):
+                 batch_sizes=(1, 8), train=True):
   args = types.SimpleNamespace(num_features=width, base_num_every_group=2, num_channels=3,
                                act="PReLU")
   torch.manual_seed(0)
@@ -80,6 +80,9 @@ def time_release(two_branch, torch, width, repeats, warmup_steps, train_batch=8,
     for b in batch_sizes:
       x = torch.rand(b, 3, 128, 128, device=device)
       out[f"forward_b{b}"], _ = _median_time(lambda x=x: net({"lr_up": x}), repeats, sync)
+  out["device"] = torch.cuda.get_device_name() if device == "cuda" else "cpu"
+  if not train:
+    return out
   net.train()
   opt = torch.optim.Adam(net.parameters(), lr=1e-4, betas=(0.9, 0.99), eps=1e-8)
   l1 = torch.nn.L1Loss()
@@ -98,7 +101,6 @@ def time_release(two_branch, torch, width, repeats, warmup_steps, train_batch=8,
 
   out[f"psnr_step_b{train_batch}"], _ = _median_time(step, step_repeats(repeats), sync,
                                                      warmup=warmup_steps)
-  out["device"] = torch.cuda.get_device_name() if device == "cuda" else "cpu"
   return out
 
 
@@ -129,18 +131,19 @@ def time_port(width, repeats, train_batch=8, batch_sizes=(1, 8), conv_algorithm=
   return out, compile_s
 
 
-def _release_child(release_dir, width, repeats, warmup_steps, queue):
+def _release_child(release_dir, width, repeats, warmup_steps, queue, kwargs):
   two_branch, torch = load_release_generator(release_dir)
-  queue.put(time_release(two_branch, torch, width, repeats, warmup_steps))
+  queue.put(time_release(two_branch, torch, width, repeats, warmup_steps, **kwargs))
 
 
-def time_release_apart(release_dir, width, repeats, warmup_steps):
+def time_release_apart(release_dir, width, repeats, warmup_steps, **kwargs):
   """`time_release` in a child process of this run: neither framework's threads or memory
-  pools disturb the other's timings."""
+  pools disturb the other's timings. `kwargs` go to `time_release`."""
   import multiprocessing  # pylint: disable=g-import-not-at-top
   ctx = multiprocessing.get_context("spawn")
   queue = ctx.Queue()
-  child = ctx.Process(target=_release_child, args=(release_dir, width, repeats, warmup_steps, queue))
+  child = ctx.Process(target=_release_child,
+                      args=(release_dir, width, repeats, warmup_steps, queue, kwargs))
   child.start()
   result = queue.get()
   child.join()

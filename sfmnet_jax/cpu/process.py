@@ -134,7 +134,10 @@ def apply_memory_settings(environ=os.environ) -> None:
 
 
 def prepare_process(environ=os.environ) -> None:
-  """Memory settings (may re-execute), then XLA flags; nothing on an accelerator host."""
+  """Memory settings (may re-execute), then XLA flags; nothing on an accelerator host, nor
+  where JAX is not installed (an ONNX-only deployment)."""
+  if importlib.util.find_spec("jax") is None:
+    return
   apply_memory_settings(environ)
   configure_xla_flags(environ)
 

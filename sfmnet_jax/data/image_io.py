@@ -7,7 +7,7 @@ with rounding) are converted; truncated, corrupt and non-image files raise an
 """
 
 import os
-from typing import Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -41,28 +41,43 @@ class ImageTooLarge(ValueError):
   """A photo over the pixel limit (the message names the limit and how to raise it)."""
 
 
-def read_rgb(path: str, max_pixels: int = None, exif: bool = True) -> np.ndarray:
-  """Reads an image file as (H, W, 3) uint8 RGB; raises ImageReadError naming `path`.
+def read_rgb(path: str, max_pixels: int = None, exif: bool = True,
+             name: Optional[str] = None) -> np.ndarray:
+  """Reads an image file as (H, W, 3) uint8 RGB; raises ImageReadError naming the file.
 
   `exif` applies the EXIF orientation (a phone photo stored sideways comes out
-  upright); `max_pixels` refuses larger images before decoding them.
+  upright); `max_pixels` refuses larger images before decoding them. Errors name
+  the file `name` when given (e.g. an upload's own name, where `path` is a
+  server's scratch file), with every mention of `path` in the reason replaced by
+  it; else `path`.
   """
   path = os.fspath(path)
+  shown = name or path
+
+  def clean(reason) -> str:
+    return str(reason).replace(path, shown) if name else str(reason)
+
   try:
     with Image.open(path) as im:
       if max_pixels and im.width * im.height > max_pixels:
         raise ImageTooLarge(
-            f"{path}: {im.width}x{im.height} = {im.width * im.height / 1e6:.1f} megapixels, over "
-            f"the limit of {max_pixels / 1e6:.1f} (raise it with --max_pixels, or downscale "
-            "the photo)")
+            f"{shown}: {im.width}x{im.height} = {im.width * im.height / 1e6:.1f} megapixels, "
+            f"over the limit of {max_pixels / 1e6:.1f} (raise it with --max_pixels, or "
+            "downscale the photo)")
       im.load()
       if exif:
         im = ImageOps.exif_transpose(im)
       return _to_uint8_rgb(im)
-  except (FileNotFoundError, ImageTooLarge):
+  except ImageTooLarge:
+    raise
+  except FileNotFoundError:
+    if name:
+      raise FileNotFoundError(f"{shown}: file not found") from None
     raise
   except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-    raise ImageReadError(f"{path}: not a readable image ({e})") from e
+    error = ImageReadError(f"{shown}: not a readable image ({clean(e)})")
+    # With a display name, the cause (which names `path`) is not chained into tracebacks.
+    raise error from (None if name else e)
 
 
 def center_crop_square(image: np.ndarray) -> np.ndarray:

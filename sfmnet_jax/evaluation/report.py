@@ -28,7 +28,7 @@ from sfmnet_jax.evaluation.metrics import CROP
 from sfmnet_jax.evaluation.splits import evaluate_split
 from sfmnet_jax.evaluation.perceptual import (LPIPS, IdentityEmbedder, cosine_similarity,
                                            identity_unavailable_reason)
-from sfmnet_jax.model.generator import count_params
+from sfmnet_jax.model.generator import count_params, dtype_name
 from sfmnet_jax.weights import checkpoints
 
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "tensorflow-cpu",
@@ -38,9 +38,13 @@ COLUMNS = [("psnr", "PSNR↑", 2), ("ssim", "SSIM↑", 4), ("ssim_matlab", "SSIM
 
 
 def load_generator_for(checkpoint, config, use_ema=True):
-  """The checkpoint's generator for the config's data: its scale must match, its width wins."""
-  return checkpoints.load_generator(checkpoint, use_ema=use_ema, scale=config.data.scale,
-                                    configured=config.model.to_dict())
+  """The checkpoint's generator for the config's data: its scale must match, its width wins;
+  it computes in the config's `dtype` with the config's `model.conv_impl` (and CPU options)."""
+  m = config.model
+  return checkpoints.load_generator(
+      checkpoint, use_ema=use_ema, scale=config.data.scale, configured=m.to_dict(),
+      dtype=config.get("dtype", "float32"), conv_impl=m.get("conv_impl", "auto"),
+      conv_algorithm=m.get("conv_algorithm", "auto"), cpu_trig=m.get("cpu_trig", "poly"))
 
 
 def model_label(checkpoint, info) -> str:
@@ -126,7 +130,9 @@ def markdown_table(report) -> str:
   t = report["timing"]
   y_note = ("rounded to integers, as the release's rgb2ycbcr does" if report["round_y"]
             else "kept as float, not the release's protocol")
-  lines += ["", f"{report['count']} images, x{report['scale']}. PSNR/SSIM on the Y channel "
+  lines += ["", f"{report['count']} images, x{report['scale']}, computed in {report['dtype']}"
+            + (" (parameters, FFTs and phases in float32)" if report["dtype"] != "float32"
+               else "") + ". PSNR/SSIM on the Y channel "
             f"(BT.601; {y_note}) of uint8 images, {CROP}-pixel border crop. SSIM: "
             "scikit-image's 7x7 uniform "
             "window (the release's); SSIM (MATLAB): 11x11 Gaussian, sigma 1.5. LPIPS: AlexNet, "
@@ -189,7 +195,8 @@ def evaluate_checkpoint(config, checkpoint, output_dir, *, data_dir=None, batch_
   mean = result["mean"]
   keys = [c[0] for c in COLUMNS]
   report = {
-      "title": f"SFMNet on {split.name}, x{data.scale}",
+      "title": f"SFMNet on {split.name}, x{data.scale}, {dtype_name(model.dtype)}",
+      "dtype": dtype_name(model.dtype),
       "model_name": model_label(checkpoint, info),
       "scale": data.scale, "count": result["count"], "num_params": count_params(variables),
       "rows": {"bicubic": {k: mean.get(f"bicubic_{k}") for k in keys},

@@ -14,7 +14,7 @@ from jax.experimental import multihost_utils
 from sfmnet_jax.data import degradation
 from sfmnet_jax.data import pipeline as ip
 from sfmnet_jax.evaluation import metrics
-from sfmnet_jax.data import demo_faces
+from sfmnet_jax.data import astronaut
 from sfmnet_jax.data.sources import Split
 from sfmnet_jax.model.generator import jitted_apply
 from sfmnet_jax.data.visualize import grid
@@ -74,7 +74,7 @@ def sample_images(split: Split, scale: int, n: int):
   sharding = ip.Sharding(1)
   hrs = [b["hr"][0, 0] for b, _ in zip(ip.eval_dataset(split, scale, sharding).as_numpy_iterator(),
                                       range(n))]
-  hrs.append(demo_faces.astronaut_face().astype(np.float32) / 255.0)
+  hrs.append(astronaut.astronaut_face().astype(np.float32) / 255.0)
   out = {"hr": [], "lr": [], "lr_up": []}
   for hr in hrs:
     hr8 = metrics.quantize(hr)

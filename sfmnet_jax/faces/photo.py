@@ -26,26 +26,39 @@ from sfmnet_jax.data import degradation, image_io
 from sfmnet_jax.data.degradation import HR_SIZE
 from sfmnet_jax.faces import alignment
 from sfmnet_jax.faces import detection as face_detection
-from sfmnet_jax.model.generator import jitted_apply
 
 BATCH = 8
 LARGE_FACE_RATIO = 1.5
 DEFAULT_MAX_PIXELS = 16_000_000
 
 
+def as_generator(model, variables=None):
+  """`generator(lr_up) -> (img_out, img_fre)`: a Flax generator applied with `variables`
+  (JAX, imported only here), or, with `variables` None, `model` itself: a callable such as
+  `sfmnet_jax.export.onnx_runtime.OnnxGenerator` (onnxruntime, no JAX)."""
+  if variables is None:
+    return model
+  from sfmnet_jax.model.generator import jitted_apply  # pylint: disable=g-import-not-at-top
+  apply = jitted_apply(model)
+  return lambda lr_up: apply(variables, lr_up)
+
+
 def super_resolve(model, variables, lrs: np.ndarray):
   """(N, s, s, 3) uint8 LR faces -> (lr_up, img_out, img_fre), float in [0, 1], 128x128.
 
-  Runs in batches of BATCH (the last one padded), so one compiled shape serves all.
+  `model, variables` as `as_generator` takes them. Runs in batches of BATCH (or the
+  generator's fixed `batch`), the last one padded, so one compiled shape serves all; a
+  face's result does not depend on the other faces of its batch (tested bit for bit).
   """
   lr_up = np.stack([degradation.upsample_lr(lr) for lr in lrs]).astype(np.float32) / 255.0
-  apply = jitted_apply(model)
+  generator = as_generator(model, variables)
+  batch = getattr(generator, "batch", None) or BATCH
   outs, freqs = [], []
-  for i in range(0, len(lr_up), BATCH):
-    chunk = lr_up[i:i + BATCH]
-    padded = np.concatenate([chunk, np.zeros((BATCH - len(chunk),) + chunk.shape[1:],
+  for i in range(0, len(lr_up), batch):
+    chunk = lr_up[i:i + batch]
+    padded = np.concatenate([chunk, np.zeros((batch - len(chunk),) + chunk.shape[1:],
                                              np.float32)])
-    out, fre = apply(variables, padded)
+    out, fre = generator(padded)
     outs.append(np.asarray(out)[:len(chunk)])
     freqs.append(np.asarray(fre)[:len(chunk)])
   return lr_up, np.concatenate(outs), np.concatenate(freqs)
@@ -116,7 +129,9 @@ def upscale(image: np.ndarray, scale: int) -> np.ndarray:
 def restore_photo(image: np.ndarray, model, variables, scale: int, *, convention="celeba",
                   detector="auto", upsample=2, min_score=None, restore_large=False,
                   feather=0.12, faces: Optional[List[PhotoFace]] = None) -> PhotoResult:
-  """Restores every face of `image` (uint8 RGB) with the generator; see the module docstring."""
+  """Restores every face of `image` (uint8 RGB) with the generator (`model, variables` as
+  `as_generator` takes them: a Flax model and its variables, or a callable and None);
+  see the module docstring."""
   conv = alignment.get_convention(convention) if isinstance(convention, str) else convention
   timings = {}
   t0 = time.perf_counter()

@@ -56,6 +56,9 @@ class FreqBlock(nn.Module):
   A2 = A + amp_fuse(A); P2 = P + pha_fuse(P) (3x3 convs on the half spectrum);
   z = |irfft2(A2 cos P2 + 1e-8 + i (A2 sin P2 + 1e-8))|; out = post(z) + x (NaN/inf -> 1e-5).
   Transforms and the amplitude/phase algebra run in float32 whatever `dtype` is.
+  The transforms (`spectrum`, `inverse_magnitude`) and the polar algebra (`polar`,
+  `cartesian`) are methods, so that `nn.intercept_methods` can compute them
+  another way (the CPU plugin's polynomial phases, the export's real DFTs).
   """
 
   features: int
@@ -71,13 +74,21 @@ class FreqBlock(nn.Module):
                         conv(c, 3, c, dtype=dt))
 
     y = conv(c, 1, c, dtype=dt, name="fpre")(x)
-    amp, pha = self.polar(spectral.rfft2(y.astype(jnp.float32) + 1e-8))
+    amp, pha = self.polar(self.spectrum(y))
     amp = amp + spectral_fuse("amp_fuse")(amp).astype(jnp.float32)
     pha = pha + spectral_fuse("pha_fuse")(pha).astype(jnp.float32)
     real, imag = self.cartesian(amp, pha)
-    z = jnp.abs(spectral.irfft2(jax.lax.complex(real + 1e-8, imag + 1e-8), (h, w)))
+    z = self.inverse_magnitude(real, imag, (h, w))
     out = conv(c, 1, c, dtype=dt, name="post")(z) + x.astype(dt)
     return nan_to_num(out)
+
+  def spectrum(self, y):
+    """rfft2(y + 1e-8), in float32: (B, H, W, C) -> complex (B, H, W//2+1, C)."""
+    return spectral.rfft2(y.astype(jnp.float32) + 1e-8)
+
+  def inverse_magnitude(self, real, imag, size):
+    """|irfft2(real + 1e-8 + i (imag + 1e-8))| at `size` (H, W)."""
+    return jnp.abs(spectral.irfft2(jax.lax.complex(real + 1e-8, imag + 1e-8), size))
 
   def polar(self, spec):
     """(|F|, angle(F)) of a spectrum, with finite gradients at F == 0."""

@@ -12,6 +12,9 @@ from sfmnet_jax.model.layers import ConvAct, Down, Up, sequential
 
 Dtype = Any
 
+# Computation dtypes by the names configs and flags use (parameters stay float32).
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
 NUM_FUSE_BLOCKS = 14
 # Blocks that `remat=True` recomputes in the backward pass.
 REMAT_BLOCKS = (FreqBlock, ResidualGroup, FuseBlock)
@@ -130,6 +133,20 @@ class SFMNet(nn.Module):
     b = fuse[13](u3m, q3)
     img_out = seq("tail", tail_act())(b).astype(jnp.float32) + lr_up
     return img_out, img_fre
+
+
+def compute_dtype(name):
+  """The computation dtype named "float32" or "bfloat16" (a dtype passes through)."""
+  if not isinstance(name, str):
+    return name
+  if name not in DTYPES:
+    raise ValueError(f"unknown dtype {name!r}; one of {sorted(DTYPES)}")
+  return DTYPES[name]
+
+
+def dtype_name(dtype) -> str:
+  """"float32" or "bfloat16" for a computation dtype."""
+  return jnp.dtype(dtype).name
 
 
 def abstract_variables(model: nn.Module, image_size=(32, 32)):

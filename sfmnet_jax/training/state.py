@@ -12,17 +12,15 @@ import dataclasses
 import logging
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from sfmnet_jax.cpu.init import init_params
 from sfmnet_jax.cpu.intercept import accelerate
 from sfmnet_jax.model.discriminators import FrequencyDiscriminator, SpatialDiscriminator
-from sfmnet_jax.model.generator import SFMNet
+from sfmnet_jax.model.generator import DTYPES, SFMNet
 from sfmnet_jax.training import steps
 from sfmnet_jax.weights import checkpoints
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 ARCHITECTURE = ("num_features", "num_resblocks", "num_heads", "share_fusion_attention", "remat")
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from sfmnet_jax.cpu import intercept
-from sfmnet_jax.model.generator import SFMNet
+from sfmnet_jax.model.generator import SFMNet, compute_dtype
 from sfmnet_jax.weights.release import load_release_weights
 
 ITEMS = ("state", "meta")
@@ -112,7 +112,8 @@ def locate(path) -> Tuple[str, Optional[str], Optional[int]]:
 
 def load_generator(path, *, use_ema: bool = True, dtype=None, scale: Optional[int] = None,
                    scale_flag: str = "--config.data.scale",
-                   configured: Optional[Dict[str, Any]] = None, conv_impl: str = "auto"):
+                   configured: Optional[Dict[str, Any]] = None, conv_impl: str = "auto",
+                   conv_algorithm: str = "auto", cpu_trig: str = "poly"):
   """Loads a generator from anything `locate` accepts, with the architecture it records.
 
   The generator's width and depth come from the checkpoint (its metadata, or a
@@ -120,18 +121,22 @@ def load_generator(path, *, use_ema: bool = True, dtype=None, scale: Optional[in
   `model` fields) a warning says the checkpoint's are used. `scale` is the
   data's scale: a checkpoint recorded for another scale is an error naming
   `scale_flag`, the flag that fixes it.
-  `conv_impl` ("auto", "xla", "kernels") is passed to `sfmnet_jax.cpu.accelerate`.
+  `dtype` (None: float32; "float32", "bfloat16" or a dtype) is the computation
+  dtype; `conv_impl` ("auto", "xla", "kernels"), `conv_algorithm` and `cpu_trig`
+  are passed to `sfmnet_jax.cpu.accelerate` (a bfloat16 model stays plain Flax).
   Returns `(model, variables, info)`, where `info` holds `source`, `step`,
   `scale` (recorded, else the given one; None when neither is known) and
   `ema` (whether EMA weights were used).
   """
+  dtype = None if dtype is None else compute_dtype(dtype)
   model, variables, info = _load_generator(path, use_ema, dtype, scale, scale_flag)
   if configured is not None:
     wanted = model_meta(model_from_meta(configured))
     if wanted != model_meta(model):
       logging.warning("%s holds a generator with %s, the config says %s: using the "
                       "checkpoint's", path, model_meta(model), wanted)
-  return intercept.accelerate(model, conv_impl), variables, info
+  return (intercept.accelerate(model, conv_impl, conv_algorithm, trig=cpu_trig), variables,
+          info)
 
 
 def _load_generator(path, use_ema, dtype, scale, scale_flag):

@@ -2,12 +2,17 @@
 that work from outside the checkout.
 
 The wheel is built from a copy of the sources (no build isolation, no download) and
-installed without dependencies into a virtualenv that sees this interpreter's packages.
+installed without dependencies into a fresh virtualenv that sees the packages of the
+Python running the tests, whatever kind it is: a system or conda-like prefix, or a
+virtualenv (whose `--system-site-packages` children would see the base interpreter's
+packages instead, without the user's dependencies).
 """
 
 import glob
+import json
 import os
 import shutil
+import site
 import subprocess
 import sys
 import zipfile
@@ -35,13 +40,55 @@ def installed(tmp_path_factory):
                   "--no-index", "-q", "-w", str(dist), str(source)], check=True, cwd=root)
   wheel, = glob.glob(str(dist / "*.whl"))
   venv = root / "venv"
-  subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+  sibling_venv(venv)
   subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--no-deps",
                   "--no-index", "--ignore-installed", wheel], check=True)
   site = subprocess.run([str(venv / "bin" / "python"), "-c",
                          "import sfmnet_jax, os; print(os.path.dirname(sfmnet_jax.__file__))"],
                         check=True, capture_output=True, text=True, cwd=root).stdout.strip()
   return venv / "bin", site, wheel
+
+
+def visible_site_dirs():
+  """The site-packages folders this interpreter imports from (its own, its base's when it is
+  a virtualenv with system site packages, the user's site when enabled)."""
+  dirs = list(site.getsitepackages())
+  if site.ENABLE_USER_SITE and os.path.isdir(site.getusersitepackages()):
+    dirs.append(site.getusersitepackages())
+  return [d for d in dirs if os.path.isdir(d)]
+
+
+def sibling_venv(venv):
+  """A new virtualenv at `venv` whose Python sees this interpreter's packages after its own.
+
+  `python -m venv --system-site-packages` from a virtualenv's Python links the *base*
+  interpreter's site-packages, not the virtualenv's; a `.pth` file that adds each of
+  `visible_site_dirs()` (their own `.pth` files processed, as at start-up) works from a
+  system Python, a conda-like prefix and a virtualenv alike. pip comes from there too.
+  """
+  subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+  python = str(venv / "bin" / "python")
+  own = subprocess.run([python, "-c", "import site; print(site.getsitepackages()[0])"],
+                       check=True, capture_output=True, text=True).stdout.strip()
+  lines = [f"import site; site.addsitedir({d!r})" for d in visible_site_dirs()]
+  with open(os.path.join(own, "_sfmnet_test_parent_site.pth"), "w") as f:
+    f.write("\n".join(lines) + "\n")
+  return python
+
+
+def test_sibling_venv_sees_this_interpreters_packages(tmp_path):
+  """The packaging tests' virtualenv imports what this Python imports (absl, pip), and its
+  own site-packages come first."""
+  python = sibling_venv(tmp_path / "venv")
+  out = json.loads(subprocess.run(
+      [python, "-c", "import absl, json, pip, sys; "
+       "print(json.dumps([absl.__file__, sys.prefix, sys.path]))"],
+      check=True, capture_output=True, text=True, cwd=tmp_path).stdout)
+  import absl  # pylint: disable=g-import-not-at-top
+  assert out[0] == absl.__file__ and out[1] == str(tmp_path / "venv")
+  own = [i for i, p in enumerate(out[2]) if p.startswith(str(tmp_path / "venv"))]
+  parent = [i for i, p in enumerate(out[2]) if p in visible_site_dirs()]
+  assert own and parent and max(own) < min(parent), out[2]
 
 
 def _run(bin_dir, args, cwd, check=True):

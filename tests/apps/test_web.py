@@ -10,7 +10,7 @@ from PIL import Image
 
 from helpers import GOLDEN, REPO
 from sfmnet_jax.apps import web as app
-from sfmnet_jax.data import demo_faces
+from sfmnet_jax.data import astronaut
 from sfmnet_jax.weights import convert
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -49,7 +49,7 @@ def _restore(page, path, detector="hog"):
 
 def test_page_restores_a_group_photo_and_survives_bad_uploads(server, tmp_path):
   from playwright.sync_api import sync_playwright
-  image, _ = demo_faces.astronaut_group_photo(3, (240, 360), 21.0, seed=2)
+  image, _ = astronaut.astronaut_group_photo(3, (240, 360), 21.0, seed=2)
   Image.fromarray(image).save(tmp_path / "group.png")
   (tmp_path / "notes.png").write_text("this is not an image")
   with sync_playwright() as p:
@@ -59,7 +59,7 @@ def test_page_restores_a_group_photo_and_survives_bad_uploads(server, tmp_path):
     _restore(page, tmp_path / "group.png")
     page.wait_for_selector("#status :text('face(s)')", timeout=180_000)
     status = page.locator("#status").inner_text()
-    assert "3 face(s) found, 3 restored at x4" in status and "1440x960" in status, status
+    assert "3 face(s) found, 3 restored at x4 (float32)" in status and "1440x960" in status, status
     page.wait_for_function("document.querySelectorAll('#gallery img').length >= 3")
     links = [a.get_attribute("href") for a in page.locator("#downloads a").all()]
     restored = [h for h in links if h and "restored_x4.png" in h]
@@ -73,6 +73,10 @@ def test_page_restores_a_group_photo_and_survives_bad_uploads(server, tmp_path):
     # A file that is not an image: the page says so, and the next request works.
     _restore(page, tmp_path / "notes.png")
     page.wait_for_selector("#status :text('Not an image')", timeout=60_000)
+    status = page.locator("#status").inner_text()
+    # The visitor's own file name, never the server's scratch folder.
+    assert "notes.png: not a readable image" in status, status
+    assert str(server["root"]) not in status and "uploads" not in status, status
     _restore(page, tmp_path / "group.png")
     page.wait_for_selector("#status :text('3 face(s) found')", timeout=120_000)
     browser.close()

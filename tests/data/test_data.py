@@ -10,7 +10,7 @@ import pytest
 import skimage.data
 from PIL import Image
 
-from sfmnet_jax.data import demo_faces, demo_render, image_io, resize, sources
+from sfmnet_jax.data import astronaut, demo_render, image_io, resize, sources
 from sfmnet_jax.data import pipeline as ip
 
 
@@ -172,6 +172,27 @@ def test_unreadable_files_error_or_counted_skip(tmp_path):
     image_io.read_rgb(root / "HR" / "truncated.png")
 
 
+def test_read_errors_can_name_the_file_by_its_own_name(tmp_path):
+  """A server reading an upload from its scratch folder shows the upload's own name only."""
+  scratch = tmp_path / "scratch" / "uploads" / "0123abcd"
+  scratch.mkdir(parents=True)
+  (scratch / "text.png").write_text("this is not an image")
+  Image.fromarray(np.zeros((40, 50, 3), np.uint8)).save(scratch / "big.png")
+  with pytest.raises(image_io.ImageReadError) as e:
+    image_io.read_rgb(scratch / "text.png", name="text.png")
+  assert str(e.value).startswith("text.png: not a readable image (")
+  assert str(tmp_path) not in str(e.value) and e.value.__cause__ is None
+  with pytest.raises(image_io.ImageTooLarge) as e:
+    image_io.read_rgb(scratch / "big.png", max_pixels=1000, name="big.png")
+  assert str(e.value).startswith("big.png: 50x40 = ") and str(tmp_path) not in str(e.value)
+  with pytest.raises(FileNotFoundError) as e:
+    image_io.read_rgb(scratch / "gone.png", name="gone.png")
+  assert str(tmp_path) not in str(e.value)
+  # Without a name, the path (the user's own) is named, with PIL's reason.
+  with pytest.raises(image_io.ImageReadError, match=r"scratch/uploads/0123abcd/text\.png: not a"):
+    image_io.read_rgb(scratch / "text.png")
+
+
 def test_lr_missing_or_wrong_size_names_the_file(tmp_path):
   hr = _faces(2)
   lr = [pil_resize(h, (16, 16)) for h in hr]
@@ -209,7 +230,7 @@ def test_demo_faces_are_deterministic_and_varied():
   assert not np.array_equal(demo_render.render_face(1, 5), a)
   centre_tones = [f[60:70, 54:74].reshape(-1, 3).mean(0).sum() for f in faces]
   assert max(centre_tones) - min(centre_tones) > 150  # light and dark skin both occur
-  assert demo_faces.astronaut_face().shape == (128, 128, 3)
+  assert astronaut.astronaut_face().shape == (128, 128, 3)
 
 
 @pytest.fixture(scope="module")

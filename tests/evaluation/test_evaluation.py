@@ -16,7 +16,7 @@ from helpers import FIXTURES, GOLDEN, RELEASE_METRICS, REPO
 from configs import demo
 from sfmnet_jax import accelerate, load_release_weights
 from sfmnet_jax.apps import infer
-from sfmnet_jax.data import demo_faces, demo_render, sources
+from sfmnet_jax.data import astronaut, demo_render, sources
 from sfmnet_jax.evaluation import metrics, report
 from sfmnet_jax.evaluation.metrics import CROP
 from sfmnet_jax.evaluation.perceptual import LPIPS, IdentityEmbedder, cosine_similarity
@@ -91,7 +91,7 @@ def test_lpips_matches_the_reference_implementation():
 
 def test_identity_similarity_orders_faces():
   embedder = IdentityEmbedder()
-  astro = demo_faces.astronaut_face()
+  astro = astronaut.astronaut_face()
   blurred = np.asarray(Image.fromarray(astro).filter(ImageFilter.GaussianBlur(1.0)))
   other = demo_render.render_face(0, 1)
   e = embedder.embed_batch([astro, astro, blurred, other])
@@ -125,10 +125,18 @@ def _golden_config(tmp_path, scale=8):
   return cfg
 
 
-def test_report_every_image_once_bicubic_row_and_outputs(tmp_path, face_folder):
-  cfg = _golden_config(tmp_path)
-  out = tmp_path / "report"
-  rep = report.evaluate_checkpoint(cfg, GOLDEN, str(out), data_dir=str(face_folder), num_grid=3)
+@pytest.fixture(scope="module")
+def golden_report(tmp_path_factory, face_folder):
+  """(report, output dir) of the golden weights on `face_folder`, x8, float32."""
+  root = tmp_path_factory.mktemp("golden_report")
+  out = root / "report"
+  rep = report.evaluate_checkpoint(_golden_config(root), GOLDEN, str(out),
+                                   data_dir=str(face_folder), num_grid=3)
+  return rep, out
+
+
+def test_report_every_image_once_bicubic_row_and_outputs(face_folder, golden_report):
+  rep, out = golden_report
   names = sorted(rep["per_image"])
   assert rep["count"] == 5 and names == sorted(os.listdir(face_folder / "HR"))
   assert sorted(os.listdir(out / "sr")) == names
@@ -170,6 +178,31 @@ def test_report_every_image_once_bicubic_row_and_outputs(tmp_path, face_folder):
   np.testing.assert_array_equal(lr_tile, np.kron(lr_tile[::8, ::8], np.ones((8, 8, 1), int)))
 
 
+def test_report_computes_in_the_config_dtype(tmp_path, face_folder, golden_report):
+  """--config.dtype=bfloat16 is honoured: other outputs, other metrics, said in the report."""
+  rep32, out32 = golden_report
+  assert rep32["dtype"] == "float32" and rep32["title"].endswith(", x8, float32")
+  cfg = _golden_config(tmp_path)
+  cfg.dtype = "bfloat16"
+  out = tmp_path / "bf16"
+  rep = report.evaluate_checkpoint(cfg, GOLDEN, str(out), data_dir=str(face_folder),
+                                   identity=False, num_grid=0)
+  saved = json.loads((out / "metrics.json").read_text())
+  assert saved["dtype"] == "bfloat16" and saved["title"].endswith(", x8, bfloat16")
+  assert "computed in bfloat16 (parameters, FFTs and phases in float32)" in rep["markdown"]
+  names = sorted(rep["per_image"])
+  assert names == sorted(rep32["per_image"])
+  sr16 = np.stack([np.asarray(Image.open(out / "sr" / n), np.float64) for n in names])
+  sr32 = np.stack([np.asarray(Image.open(out32 / "sr" / n), np.float64) for n in names])
+  diff = np.abs(sr16 - sr32).mean() / 255  # bfloat16 rounding (8 bits of mantissa), no more
+  assert 2e-4 < diff < 2e-2, diff
+  psnr16 = [rep["per_image"][n]["psnr"] for n in names]
+  psnr32 = [rep32["per_image"][n]["psnr"] for n in names]
+  assert max(abs(a - b) for a, b in zip(psnr16, psnr32)) > 1e-3, (psnr16, psnr32)
+  assert abs(np.mean(psnr16) - np.mean(psnr32)) < 0.5
+  assert rep["rows"]["bicubic"] == {**rep32["rows"]["bicubic"], "identity": None}
+
+
 def test_report_errors(tmp_path, face_folder):
   cfg = _golden_config(tmp_path)
   with pytest.raises(FileNotFoundError, match="checkpoint not found"):
@@ -203,7 +236,7 @@ def test_evaluate_command_on_a_workdir_and_unaligned_photos(tmp_path):
   photos = tmp_path / "photos"
   photos.mkdir()
   for i in range(2):
-    image, _ = demo_faces.astronaut_group_photo(1, (220, 300), 50, seed=i)
+    image, _ = astronaut.astronaut_group_photo(1, (220, 300), 50, seed=i)
     Image.fromarray(image).save(photos / f"group_{i}.jpg", quality=95)
   result = subprocess.run(
       [sys.executable, os.path.join(REPO, "evaluate.py"), "--config=configs/demo.py",
@@ -232,7 +265,10 @@ def test_infer_on_crops_photos_and_the_demo_group_photo(tmp_path, capsys):
   assert infer.main(["--checkpoint", str(GOLDEN), "--scale", "8", "--input", str(inputs),
                      "--output", str(out), "--freq", "--bicubic", "--nodetect"]) == 0
   assert "skipped 1 unreadable file(s)" in capsys.readouterr().out
-  written = sorted(os.listdir(out))
+  log = json.loads((out / "infer_log.json").read_text())
+  assert [(d["file"], d["status"]) for d in log["files"]] == [
+      ("broken.png", "unreadable"), ("photo.jpg", "crop"), ("small.png", "crop")]
+  written = sorted(n for n in os.listdir(out) if n != "infer_log.json")
   assert written == [f"{n}_{k}_x8{f}.png" for n in ("photo", "small")
                      for k, f in (("bicubic", ""), ("sfmnet", ""), ("sfmnet", "_freq"))]
   up = np.asarray(Image.fromarray(lr).resize((128, 128), Image.BICUBIC))

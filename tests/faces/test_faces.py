@@ -9,7 +9,7 @@ from PIL import Image
 from skimage.transform import SimilarityTransform
 
 from helpers import GOLDEN, raw_face_photos
-from sfmnet_jax.data import demo_faces, image_io, sources
+from sfmnet_jax.data import astronaut, image_io, sources
 from sfmnet_jax.data import pipeline as ip
 from sfmnet_jax.faces import alignment, photo, prepare
 from sfmnet_jax.faces import detection as face_detection
@@ -37,7 +37,7 @@ def test_similarity_fit_equals_scikit_image():
 
 
 def test_warp_then_inverse_warp_returns_the_face():
-  face = demo_faces.astronaut_face(128)
+  face = astronaut.astronaut_face(128)
   c = 63.5
   angle, s = np.deg2rad(10), 1.0
   rot = np.array([[s * np.cos(angle), -s * np.sin(angle), 0], [s * np.sin(angle),
@@ -88,7 +88,7 @@ def test_conventions_apply_their_numbers(tmp_path):
 
 def test_default_detector_finds_small_rotated_faces():
   """2 astronauts, faces ~20 px wide, rotated up to 12 degrees: the CNN (upsampled twice) finds both."""
-  image, centres = demo_faces.astronaut_group_photo(2, (150, 260), 20.0, seed=5)
+  image, centres = astronaut.astronaut_group_photo(2, (150, 260), 20.0, seed=5)
   assert face_detection.plan(image.shape, "auto", 2) == [("cnn", 2)]
   faces = face_detection.detect(image)
   assert len(faces) == 2 and all(f.detector == "cnn" and f.score > 0.5 for f in faces)
@@ -107,7 +107,7 @@ def x4_model(tmp_path_factory):
 
 def test_whole_photo_restoration_changes_only_the_faces(x4_model):
   model, variables = x4_model
-  image, centres = demo_faces.astronaut_group_photo(3, (240, 360), 0.65 * 32, seed=1)
+  image, centres = astronaut.astronaut_group_photo(3, (240, 360), 0.65 * 32, seed=1)
   result = photo.restore_photo(image, model, variables, 4, detector="hog")
   assert len(result.faces) == 3 and all(f.status == "restored" for f in result.faces)
   assert result.restored.shape == (240 * 4, 360 * 4, 3)
