@@ -38,7 +38,7 @@ def define_flags(fv):
                   flag_values=fv)
   f.DEFINE_string("partition", None, "prepare: keep list lines whose 2nd column equals this "
                   "(CelebA's list_eval_partition.txt: 0 train, 1 val, 2 test).", flag_values=fv)
-  f.DEFINE_enum("detector", "auto", ["auto", "cnn", "hog"], "prepare: face detector.",
+  f.DEFINE_enum("detector", "auto", ["auto", "mtcnn", "dlib", "cnn", "hog"], "prepare: face detector.",
                 flag_values=fv)
   f.DEFINE_integer("upsample", 1, "prepare: detector upsamplings.", flag_values=fv)
   f.DEFINE_float("min_score", None, "prepare: drop weaker detections.", flag_values=fv)

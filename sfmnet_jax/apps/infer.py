@@ -155,11 +155,13 @@ def report(decisions, scale, detector, upsample):
       print(f"{name}: {d['faces']} face(s), {d['restored']} restored"
             + (f", {d['too_large']} left as they are (too large for x{scale})"
                if d["too_large"] else "") + f" -> {d['output']}")
+      for line in d.get("decisions", []):
+        print(f"  {line}")
     elif status == "no_face":
       counts["photos"] += 1
       counts["no_face"] += 1
-      print(f"{name}: no face found ({detector} detector, {upsample} upsamplings); try "
-            "--upsample=3 or --detector=cnn")
+      print(f"{name}: no face found ({photo.size_range(detector, scale)}); smaller faces "
+            "are too small to find")
     elif status == "crop":
       counts["crops"] += 1
     elif status == "too_large":
@@ -176,6 +178,8 @@ def run(fv) -> int:
   generator, loader, scale, label = open_generator(fv)
   convention = alignment.get_convention(fv.convention)
   convention.warn_licence()
+  if fv.detect:
+    print(f"faces: {photo.size_range(fv.detector, scale)}")
   scratch = None
   if fv.demo:
     scratch = tempfile.mkdtemp(prefix="sfmnet_infer_demo_")

@@ -119,23 +119,22 @@ class Restorer:
     annotated = photo.annotate(image, result.faces)
     if not result.faces:
       return annotated, None, [], (f"**No face found** in the {image.shape[1]}x{image.shape[0]} "
-                                   f"photo ({detector} detector, {self.upsample} "
-                                   "upsamplings)."), []
+                                   f"photo: {photo.size_range(detector, self.scale)}; "
+                                   "smaller faces are too small to find."), []
     out_dir = self.request_dir()
     gallery, lines, crops = [], [], []
     restored = [pf for pf in result.faces if pf.sr is not None]
     per_face = result.timings["super_resolve"] / max(len(restored), 1)
     for pf in result.faces:
       if pf.sr is None:
-        lines.append(f"- face {pf.index}: left as it is (too large for x{self.scale}), score "
-                     f"{pf.face.score:.2f}")
+        lines.append(f"- face {pf.index}: {pf.decision(self.scale)}, score {pf.face.score:.2f}")
         continue
       row = _face_row(pf)
       gallery.append((row, f"face {pf.index}: LR | bicubic | SFMNet | frequency branch"))
       path = os.path.join(out_dir, f"{name}_face{pf.index:02d}.png")
       Image.fromarray(row).save(path)
       crops.append(path)
-      lines.append(f"- face {pf.index}: score {pf.face.score:.2f}, {pf.crop_side:.0f} px crop, "
+      lines.append(f"- face {pf.index}: {pf.decision(self.scale)}, score {pf.face.score:.2f}, "
                    f"super-resolved in {per_face * 1e3:.0f} ms")
     restored_path = os.path.join(out_dir, f"{name}_restored_x{self.scale}.png")
     Image.fromarray(result.restored).save(restored_path)
@@ -150,7 +149,8 @@ class Restorer:
         f"restored photo {w}x{h}.",
         f"Detection {result.timings['detect']:.2f} s, super-resolution "
         f"{result.timings['super_resolve']:.2f} s, paste {result.timings['paste']:.2f} s, "
-        f"total {total:.2f} s.", "", *lines])
+        f"total {total:.2f} s.", f"Sizes: {photo.size_range(detector, self.scale)}.", "",
+        *lines])
     slider = None if mode == MODES[1] else (result.upscaled, result.restored)
     return annotated, slider, gallery, status, [restored_path, zip_path]
 

@@ -10,6 +10,13 @@ r"""Benchmarks that print numbers and write JSON (speed targets are checked here
   sfmnet-benchmark profile [--num_features=32] [--target=psnr|gan|forward]
   sfmnet-benchmark prepare [--photos=240] [--beam_pipeline_options=...] [--beam_workers=2]
   sfmnet-benchmark export [--release_dir=PATH/TO/SFMNet] [--widths=16,64] [--batch_sizes=1,8]
+  sfmnet-benchmark aot --target=tpu:v5e:2x2 [--config=configs/celeba_x8_tpu_pod.py]
+                       [--per_device_batch=8] [--dtypes=bfloat16,float32] [--find_max_batch]
+  sfmnet-benchmark faces [--restore_checkpoints=runs/demo] [--hr_dir=DIR] [--face_sizes=12,...]
+                         [--detectors=auto,mtcnn8,hog2] [--photos=3] [--faces_per_photo=8]
+  sfmnet-benchmark twin --release_dir=PATH --train_dir=DIR --test_dir=DIR --steps=300
+                        [--width=16] [--scale=8] [--stage=psnr|gan] [--seed=0] [--seeds=K]
+                        [--eval_every=50] [--release_python=python] --output=DIR
 
 `model`: the generator (C=64 unless --num_features, 128x128): forward latency
 at batch 1 and throughput at larger batches on one device, the PSNR-stage and
@@ -29,33 +36,38 @@ Beam (default: the DirectRunner with 2 worker processes), same outputs checked,
 and the estimated time of CelebA and Helen on N workers (benchmarks/prepare.py).
 `export`: the ONNX export on onnxruntime beside the JAX forward (CPU plugin and
 exact mode) and, with --release_dir, the release's PyTorch (benchmarks/export.py).
+`aot`: the config's PSNR step, GAN step and forward compiled for a TPU topology or a
+GPU description without the device: XLA's memory and post-fusion cost per device,
+roofline time and images/s per chip, the largest batch that fits (benchmarks/aot.py).
+`faces`: face detection's recall, false positives and seconds per megapixel by face
+size on photos composed from crops with known places, and the restored faces' PSNR /
+LPIPS beside the plain upscale (benchmarks/faces.py).
+`twin`: the release's training and the port's side by side from the same init on the
+same batches: every loss term per step, where they part, test PSNR/SSIM of both, a
+seeds study with --seeds (benchmarks/twin.py; --output is its folder).
 Results go to benchmark_results/<name>.json (or --output).
 """
 
 from sfmnet_jax import runtime
 
 if __name__ == "__main__":
+  if __import__("sys").argv[1:2] == ["aot"]:  # compile for a TPU/GPU: the host stays the CPU
+    from sfmnet_jax.benchmarks import aot as _aot
+    _aot.prepare_environment()
   runtime.prepare_process()  # before JAX starts (CPU-only hosts: see sfmnet_jax/cpu/process.py)
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-import json  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 
 from sfmnet_jax import cli  # noqa: E402
+from sfmnet_jax.benchmarks import commands  # noqa: E402
+from sfmnet_jax.benchmarks.commands import write_json  # noqa: E402
 
-BENCHMARK_DIR = "benchmark_results"
-WHAT = ("model", "compare", "input", "photo", "profile", "prepare", "export")
-
-
-def write_json(result, name, output=None):
-  path = output or os.path.join(BENCHMARK_DIR, f"{name}.json")
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path, "w") as f:
-    json.dump(result, f, indent=1)
-  print(f"wrote {path}")
+WHAT = ("model", "compare", "input", "photo", "profile", "prepare", "export", "aot", "twin",
+        "faces")
 
 
 def bench_input(fv):
@@ -222,15 +234,6 @@ def bench_prepare(fv):
   return result
 
 
-def bench_export(fv):
-  from sfmnet_jax.benchmarks import export as export_benchmark
-  widths = [int(w) for w in fv.widths] if fv["widths"].present else [16, 64]
-  batches = fv.batch_sizes if fv["batch_sizes"].present else [1, 8]
-  result = export_benchmark.run(fv.release_dir, widths, batches, fv.repeats, fv.rounds)
-  write_json(result, f"export_{result['machine']['platform']}", fv.output)
-  return result
-
-
 def define_flags(fv):
   f = cli.flags
   f.DEFINE_string("output", None, "JSON path (default benchmark_results/<name>.json).",
@@ -254,8 +257,9 @@ def define_flags(fv):
                 "for a GPU and a TPU (lowered here; nothing runs there).", flag_values=fv)
   f.DEFINE_bool("remat", False, "Recompute the blocks in the backward pass (model.remat).", flag_values=fv)
   # profile
-  f.DEFINE_enum("target", "psnr", ["psnr", "gan", "forward"], "What `profile` runs.",
-                flag_values=fv)
+  f.DEFINE_string("target", None, "profile: psnr, gan or forward (default psnr); aot: "
+                  "tpu:<topology> or cuda:<gpu_specs name> (default tpu:v5e:2x2).",
+                  flag_values=fv)
   f.DEFINE_integer("top", 15, "How many of the slowest ops `profile` lists.", flag_values=fv)
   f.DEFINE_string("hlo_out", None, "`profile` writes the compiled HLO text here.",
                   flag_values=fv)
@@ -266,6 +270,7 @@ def define_flags(fv):
                 "the port with ('xla': model.conv_impl='xla').", flag_values=fv)
   f.DEFINE_integer("rounds", 1, "compare: turns of release and port per width; medians "
                    "over them (a drifting machine weighs on both alike).", flag_values=fv)
+  commands.define_flags(fv)
   # input
   f.DEFINE_enum("scale", "8", ["4", "8", "16"], "Upscaling factor.", flag_values=fv)
   f.DEFINE_integer("batch_size", 8, "Batch size.", flag_values=fv)
@@ -273,7 +278,7 @@ def define_flags(fv):
   f.DEFINE_string("data_dir", None, "TFDS data dir for the demo faces.", flag_values=fv)
   # photo
   f.DEFINE_string("checkpoint", "runs/demo", "Generator for `photo`.", flag_values=fv)
-  f.DEFINE_enum("detector", "auto", ["auto", "cnn", "hog"], "Face detector (photo, prepare).",
+  f.DEFINE_enum("detector", "auto", ["auto", "mtcnn", "dlib", "cnn", "hog"], "Face detector (photo, prepare).",
                 flag_values=fv)
   # prepare
   f.DEFINE_integer("photos", 240, "prepare: raw photos to make and prepare.", flag_values=fv)
@@ -294,16 +299,25 @@ def _main(fv, positional) -> int:
   except ValueError:
     raise cli.UsageError(f"--batch_sizes takes integers, got {fv.batch_sizes}") from None
   what = positional[0]
-  if what in ("compare", "export"):
+  if what == "profile":
+    fv.target = fv.target or "psnr"
+    if fv.target not in ("psnr", "gan", "forward"):
+      raise cli.UsageError(f"profile: --target must be psnr, gan or forward, not {fv.target!r}")
+  elif what == "aot":
+    fv.target = fv.target or "tpu:v5e:2x2"
+  if what in ("compare", "export", "aot", "twin"):
+    from sfmnet_jax.benchmarks.aot import TargetUnavailable
     from sfmnet_jax.benchmarks.release import ReleaseUnavailable
+    from sfmnet_jax.benchmarks.twin import ReleaseError
     try:
-      (bench_compare if what == "compare" else bench_export)(fv)
-    except ReleaseUnavailable as e:
+      {"compare": bench_compare, "export": commands.bench_export, "aot": commands.bench_aot,
+       "twin": commands.bench_twin}[what](fv)
+    except (ReleaseUnavailable, TargetUnavailable, ReleaseError) as e:
       print(f"error: {e}", file=sys.stderr)
       return 1
     return 0
   {"model": bench_model, "input": bench_input, "photo": bench_photo,
-   "profile": bench_profile, "prepare": bench_prepare}[what](fv)
+   "profile": bench_profile, "prepare": bench_prepare, "faces": commands.bench_faces}[what](fv)
   return 0
 
 

@@ -4,7 +4,8 @@
 For each width (random weights: speed does not depend on them) and batch size, at
 128x128: seconds per forward of
   - onnxruntime (CPU execution provider, default threads) on the graph
-    `sfmnet-export` writes (built here in memory, dynamic batch),
+    `sfmnet-export` writes (dynamic batch), in a child process without JAX or the
+    CPU plugin's process settings, as `sfmnet-infer --model` runs,
   - the port's JAX forward with the CPU plugin (`conv_impl="auto"`) and in the
     exact mode (`conv_impl="xla"`),
   - the release's PyTorch forward (a child process; with --release_dir),
@@ -30,20 +31,46 @@ def _median_seconds(fn, repeats):
   return statistics.median(times)
 
 
+ONNX_CHILD = """
+import json, statistics, sys, time
+import numpy as np, onnxruntime as ort
+path, batches, repeats = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
+session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+out = {}
+for b in batches:
+  x = np.random.default_rng(0).random((b, 128, 128, 3), np.float32)
+  session.run(None, {"lr_up": x})
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter(); session.run(None, {"lr_up": x}); times.append(time.perf_counter() - t0)
+  out[b] = statistics.median(times)
+print(json.dumps(out))
+"""
+
+
 def time_onnx(model, params, batch_sizes, repeats):
-  import onnxruntime as ort  # pylint: disable=g-import-not-at-top
+  """onnxruntime on the exported graph, in a child process started as a deployment starts
+  it: no JAX in the process and none of the CPU plugin's process settings (its LD_PRELOAD
+  allocator, glibc tunables)."""
+  import json  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  import tempfile  # pylint: disable=g-import-not-at-top
   from sfmnet_jax.export import onnx_graph  # pylint: disable=g-import-not-at-top
   from sfmnet_jax.export.spectral import exportable  # pylint: disable=g-import-not-at-top
   exported = exportable(model)
   variables = {"params": params}
   proto = onnx_graph.to_onnx(lambda t: exported.apply(variables, t), (1, 128, 128, 3),
                              ("img_out", "img_fre"))
-  session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
-  out = {}
-  for b in batch_sizes:
-    x = np.random.default_rng(0).random((b, 128, 128, 3), np.float32)
-    out[b] = _median_seconds(lambda x=x: session.run(None, {"lr_up": x}), repeats)
-  return out
+  env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "GLIBC_TUNABLES")}
+  with tempfile.TemporaryDirectory() as tmp:
+    path = os.path.join(tmp, "sfmnet.onnx")
+    with open(path, "wb") as f:
+      f.write(proto.SerializeToString())
+    out = subprocess.run([sys.executable, "-c", ONNX_CHILD, path, json.dumps(list(batch_sizes)),
+                          str(repeats)], env=env, capture_output=True, text=True, check=True)
+  return {int(k): v for k, v in json.loads(out.stdout.strip().splitlines()[-1]).items()}
 
 
 def time_jax(model, params, batch_sizes, repeats):

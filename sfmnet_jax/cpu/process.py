@@ -22,6 +22,7 @@ unset, when a JAX GPU or TPU plugin is installed. `JAX_PLATFORMS=cpu` on such
 a host asks for a CPU run, and gets the CPU settings.
 """
 
+import glob
 import importlib.metadata
 import importlib.util
 import os
@@ -51,16 +52,26 @@ def installed_accelerator_plugins():
   return sorted(found)
 
 
+def tpu_chips_present() -> bool:
+  """Whether this machine has TPU chips (a TPU VM's /dev/accel* or /dev/vfio devices)."""
+  return bool(glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*"))
+
+
 def accelerator_host(environ=os.environ, plugins=None) -> bool:
   """Whether JAX may run on a GPU or TPU here, so that no CPU setting may apply.
 
   `JAX_PLATFORMS` decides when it is set (any platform but "cpu" in it: yes);
-  otherwise any installed GPU or TPU plugin (`plugins`, default: looked up).
+  otherwise any installed GPU or TPU plugin (`plugins`, default: looked up). libtpu
+  counts only beside TPU chips: installed for compiling ahead of time
+  (`sfmnet-benchmark aot`), it makes no CPU host a TPU host.
   """
   requested = [p.strip().lower() for p in environ.get("JAX_PLATFORMS", "").split(",") if p.strip()]
   if requested:
     return any(p != "cpu" for p in requested)
-  return bool(installed_accelerator_plugins() if plugins is None else plugins)
+  plugins = installed_accelerator_plugins() if plugins is None else plugins
+  if not tpu_chips_present():
+    plugins = [p for p in plugins if p != "libtpu"]
+  return bool(plugins)
 
 
 def configure_xla_flags(environ=os.environ) -> str:

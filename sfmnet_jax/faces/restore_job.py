@@ -162,7 +162,8 @@ class RestoreJob:
     large = sum(pf.status == "too_large" for pf in result.faces)
     return {"file": file_name, "status": "photo", "faces": len(result.faces),
             "restored": len(result.faces) - large, "too_large": large,
-            "output": f"{name}_restored_x{self.scale}.png"}
+            "output": f"{name}_restored_x{self.scale}.png",
+            "decisions": [f"face {pf.index}: {pf.decision(self.scale)}" for pf in result.faces]}
 
   def _crops(self, crops) -> List[dict]:
     import numpy as np  # pylint: disable=g-import-not-at-top

@@ -34,13 +34,18 @@ def test_configure_xla_flags_adds_respects_and_can_be_disabled():
   assert process.configure_xla_flags(off) == "" and "XLA_FLAGS" not in off
 
 
-@pytest.mark.parametrize("platforms, plugins, accelerator", [
-    ("cuda", [], True), ("tpu", [], True), ("cuda,cpu", [], True), ("cpu", [], False),
-    ("cpu", ["jax-cuda12-plugin"], False),  # a CPU run asked for on a GPU host
-    ("", ["jax-cuda12-plugin"], True), ("", ["libtpu"], True), ("", [], False)])
-def test_accelerator_hosts_get_no_cpu_settings(monkeypatch, platforms, plugins, accelerator):
+@pytest.mark.parametrize("platforms, plugins, chips, accelerator", [
+    ("cuda", [], False, True), ("tpu", [], False, True), ("cuda,cpu", [], False, True),
+    ("cpu", [], False, False),
+    ("cpu", ["jax-cuda12-plugin"], False, False),  # a CPU run asked for on a GPU host
+    ("", ["jax-cuda12-plugin"], False, True), ("", ["libtpu"], True, True),
+    ("", ["libtpu"], False, False),  # libtpu for ahead-of-time compiles on a CPU host
+    ("", [], False, False)])
+def test_accelerator_hosts_get_no_cpu_settings(monkeypatch, platforms, plugins, chips,
+                                               accelerator):
   env = {"JAX_PLATFORMS": platforms} if platforms else {}
   monkeypatch.setattr(process, "installed_accelerator_plugins", lambda: plugins)
+  monkeypatch.setattr(process, "tpu_chips_present", lambda: chips)
   assert process.accelerator_host(env) == accelerator
   monkeypatch.setattr(process.platform, "system", lambda: "Linux")
   monkeypatch.setattr(process.platform, "libc_ver", lambda: ("glibc", "2.36"))

@@ -87,7 +87,7 @@ def test_layers_convert_with_batch_free_shapes_and_layouts():
 
   (u, s, m), model = _run(fn, x, ("u", "s", "m"))
   ops = {n.op_type for n in model.graph.node}
-  assert {"PRelu", "Conv", "Einsum", "MatMul"} <= ops and "Where" not in ops
+  assert {"LeakyRelu", "Conv", "Einsum", "MatMul"} <= ops and "Where" not in ops
   want = fn(x)
   for got, ref in zip((u, s, m), want):
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)

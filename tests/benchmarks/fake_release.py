@@ -1,0 +1,51 @@
+"""A PyTorch-free stand-in for `twin_release.py` that honours its exchange protocol (JSON lines
+on stdin/stdout, arrays in .npz files): its "network" returns its input (img_out = img_fre =
+lr_up) and never learns, and its loss is the release's PSNR-stage sum for that output, in
+numpy. The port's initial weights come from the port's own initialiser (release names)."""
+
+import json
+import sys
+
+import numpy as np
+
+PROTOCOL_OUT, sys.stdout = sys.stdout, sys.stderr
+
+
+def loss_terms(lr_up, hr, fft_weight=0.01):
+  """main_two.py's loss of the identity network: l1_out + w amplitude + w phase + l1_fre."""
+  l1 = float(np.mean(np.abs(lr_up - hr)))
+  f_sr = np.fft.rfft2(lr_up.astype(np.float64), axes=(1, 2))
+  f_hr = np.fft.rfft2(hr.astype(np.float64), axes=(1, 2))
+  amp = float(np.mean(np.abs(np.abs(f_sr) - np.abs(f_hr))))
+  pha = float(np.mean(np.abs(np.angle(f_sr) - np.angle(f_hr))))
+  terms = {"l1_out": l1, "l1_fre": l1, "amplitude": amp, "phase": pha}
+  return l1 + fft_weight * amp + fft_weight * pha + l1, terms
+
+
+def main():
+  for line in sys.stdin:
+    msg = json.loads(line)
+    if msg["cmd"] == "quit":
+      break
+    if msg["cmd"] == "init":
+      from sfmnet_jax.model.generator import SFMNet, init_generator  # pylint: disable=g-import-not-at-top
+      from sfmnet_jax.weights.release import params_to_state_dict  # pylint: disable=g-import-not-at-top
+      params = init_generator(SFMNet(num_features=msg["width"]), msg["seed"])["params"]
+      np.savez(msg["out"], **{f"generator/{k}": v for k, v in params_to_state_dict(params).items()})
+      answer = {"device": "fake", "torch": None}
+    elif msg["cmd"] == "step":
+      with np.load(msg["batch"]) as d:
+        total, terms = loss_terms(d["lr_up"], d["hr"])
+      answer = {"total": total, "terms": terms, "seconds": 0.001}
+    elif msg["cmd"] == "eval":
+      with np.load(msg["batch"]) as d:
+        np.savez(msg["out"], img_out=d["lr_up"], img_fre=d["lr_up"])
+      answer = {}
+    else:
+      answer = {"error": f"unknown command {msg['cmd']}"}
+    PROTOCOL_OUT.write(json.dumps(answer) + "\n")
+    PROTOCOL_OUT.flush()
+
+
+if __name__ == "__main__":
+  main()
