@@ -54,7 +54,9 @@ from sfmnet_jax.faces import detection as face_detection  # noqa: E402
 def define_flags(fv):
   f = cli.flags
   f.DEFINE_string("checkpoint", "runs/demo", "A training workdir, checkpoint folder, convert "
-                  "folder or release .pth/.npz.", flag_values=fv)
+                  "folder or release .pth/.npz; two or more, comma-separated (e.g. an x4 "
+                  "and an x8 model): each face goes to the scale that suits its size.",
+                  flag_values=fv)
   f.DEFINE_string("model", None, "An ONNX file written by sfmnet-export, run on onnxruntime "
                   "(instead of --checkpoint; no JAX needed).", flag_values=fv)
   f.DEFINE_string("input", None, "An image file or a folder of images.", flag_values=fv)
@@ -114,6 +116,20 @@ def _jax_generator_only(*args):
   return jax_generator(*args)[0]
 
 
+def _jax_generators(checkpoints, use_ema, dtype):
+  """{scale: generator} of several checkpoints, each recording its scale."""
+  out = {}
+  for checkpoint in checkpoints:
+    generator, info = jax_generator(checkpoint, use_ema, None, dtype)
+    if info["scale"] is None:
+      raise ValueError(f"{checkpoint} does not record its scale: with several checkpoints "
+                       "give folders that do (sfmnet-convert FILE OUT --scale=N)")
+    if info["scale"] in out:
+      raise ValueError(f"two checkpoints of x{info['scale']}: give one per scale")
+    out[info["scale"]] = generator
+  return out
+
+
 def open_generator(fv):
   """(generator, a picklable loader that makes it again on a Beam worker, scale, label)."""
   scale = int(fv.scale) if fv.scale else None
@@ -132,6 +148,11 @@ def open_generator(fv):
       raise ValueError(f"{fv.model} is a x{generator.scale} model, not x{scale}")
     return (generator, functools.partial(onnx_generator, fv.model), generator.scale,
             f"{os.path.basename(fv.model)} on onnxruntime")
+  several = [c for c in fv.checkpoint.split(",") if c]
+  if len(several) > 1:
+    generators = _jax_generators(several, fv.ema, fv.dtype)
+    return (generators, functools.partial(_jax_generators, several, fv.ema, fv.dtype),
+            max(generators), f"JAX, {fv.dtype}, x{' and x'.join(map(str, sorted(generators)))}")
   args = (fv.checkpoint, fv.ema, scale, fv.dtype)
   generator, info = jax_generator(*args)
   if info["scale"] is None:
@@ -179,7 +200,8 @@ def run(fv) -> int:
   convention = alignment.get_convention(fv.convention)
   convention.warn_licence()
   if fv.detect:
-    print(f"faces: {photo.size_range(fv.detector, scale)}")
+    scales = list(generator) if isinstance(generator, dict) else scale
+    print(f"faces: {photo.size_range(fv.detector, scales)}")
   scratch = None
   if fv.demo:
     scratch = tempfile.mkdtemp(prefix="sfmnet_infer_demo_")

@@ -158,7 +158,12 @@ def detection_rows(crops, detectors: Dict[str, Callable], sizes=SIZES, photos_pe
   rows = []
   warm, _ = compose(crops, 32, 2, seed=99)
   for name, detect in detectors.items():
-    detect(warm)  # model loading and first-call tracing are not detection time
+    try:
+      detect(warm)  # model loading and first-call tracing are not detection time
+    except Exception as e:  # pylint: disable=broad-except  (a candidate that cannot run here)
+      rows.append({"detector": name, "error": f"{type(e).__name__}: {e}"})
+      log(f"  {name:<18s} cannot run here: {type(e).__name__}: {e}")
+      continue
     for size in sizes:
       found = fp = total = 0
       per_mp = []

@@ -28,7 +28,8 @@ differ by more than 1% relative, null if none); `median_rel_loss_diff`;
 step; the PSNR-vs-step curves; PNGs of the loss curves (log scale) and of test
 PSNR. With --seeds=K, K pairs (seed, seed+1, ...: each pair's two sides share
 their init and batch order, pairs differ) and the mean, standard deviation
-and Welch's t-test of the gains, release vs port.
+and Welch's t-test of the gains, release vs port. Each finished pair is kept in
+OUT/pairs/seed<S>.json: the same command run again reuses it (resumes).
 """
 
 import json
@@ -125,7 +126,9 @@ class ReleaseWorker:
 
 
 def random_vgg19(path: str, seed: int = 1234) -> str:
-  """One fixed random VGG19 (torchvision's `features.*` layout, PyTorch's default bounds)."""
+  """One fixed random VGG19 in torchvision's `features.*` layout, initialised as torchvision
+  initialises a new VGG (Kaiming normal, fan-out, zero biases), so that its deep features
+  keep their scale (PyTorch's default bounds shrink them to ~0 by layer 34)."""
   rng = np.random.default_rng(seed)
   weights, c, index = {}, 3, 0
   for v in (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
@@ -133,10 +136,10 @@ def random_vgg19(path: str, seed: int = 1234) -> str:
     if v == "M":
       index += 1
       continue
-    bound = 1.0 / np.sqrt(c * 9)
-    weights[f"features.{index}.weight"] = rng.uniform(-bound, bound, (v, c, 3, 3)).astype(
+    std = np.sqrt(2.0 / (v * 9))
+    weights[f"features.{index}.weight"] = (std * rng.standard_normal((v, c, 3, 3))).astype(
         np.float32)
-    weights[f"features.{index}.bias"] = rng.uniform(-bound, bound, (v,)).astype(np.float32)
+    weights[f"features.{index}.bias"] = np.zeros((v,), np.float32)
     c, index = v, index + 2
   np.savez(path, **weights)
   return path
@@ -272,6 +275,7 @@ def run_pair(worker: ReleaseWorker, train, test, *, width, scale, stage, steps, 
     worker.call("eval", batch=test_file, out=out_file)
     with np.load(out_file) as d:
       release_sr = d["img_out"]
+    os.remove(out_file)
     row = {"step": step,
            "release": scores(release_sr, test["hr"], test["lr_up"]),
            "port": scores(port.predict(test["lr_up"]), test["hr"], test["lr_up"])}
@@ -311,6 +315,28 @@ def run_pair(worker: ReleaseWorker, train, test, *, width, scale, stage, steps, 
           "evals": evals}
 
 
+def _pair_file(output, seed):
+  return os.path.join(output, "pairs", f"seed{seed}.json")
+
+
+def _save_pair(output, seed, key, pair):
+  path = _pair_file(output, seed)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path + ".tmp", "w") as f:
+    json.dump({"key": key, "pair": pair}, f)
+  os.replace(path + ".tmp", path)
+
+
+def _load_pair(output, seed, key):
+  """The pair of `seed` run earlier into `output` with the same settings, or None."""
+  try:
+    with open(_pair_file(output, seed)) as f:
+      saved = json.load(f)
+  except (OSError, ValueError):
+    return None
+  return saved["pair"] if saved.get("key") == json.loads(json.dumps(key)) else None
+
+
 def run(release_dir, train_dir, test_dir, output, *, steps=300, width=16, scale=8,
         stage="psnr", seed=0, seeds=1, batch=8, eval_every=0, release_python="python",
         vgg=None, init_from=None, conv_impl="auto", test_limit=None, lr=1e-4,
@@ -320,6 +346,9 @@ def run(release_dir, train_dir, test_dir, output, *, steps=300, width=16, scale=
   os.makedirs(output, exist_ok=True)
   notes = dict(RELEASE_BEHAVIOUR)
   if stage == "gan":
+    if patch_size and patch_size != 128:
+      raise ValueError("the GAN stage trains on whole 128x128 faces: the release's "
+                       "discriminators take no other size (drop --patch_size)")
     if not init_from:
       raise ValueError("the GAN stage starts from a PSNR-stage generator: give --init_from="
                        "a release .pth/.npz (both sides load it)")
@@ -332,6 +361,12 @@ def run(release_dir, train_dir, test_dir, output, *, steps=300, width=16, scale=
   train, test = load_data(train_dir, test_dir, scale, os.path.join(output, "tfds"), test_limit)
   log(f"twin: {stage} stage, width {width}, x{scale}, batch {batch}, {steps} steps, "
       f"{train.num_examples} training and {len(test['hr'])} test faces")
+  # What makes two runs of a pair the same run: a finished pair is kept in the output
+  # folder and reused when the command is run again (a long seeds study resumes).
+  pair_key = {"stage": stage, "width": width, "scale": scale, "batch": batch, "steps": steps,
+              "lr": lr, "eval_every": eval_every, "conv_impl": conv_impl,
+              "patch_size": patch_size, "init_from": init_from, "vgg": vgg,
+              "train": train_dir, "test": test_dir, "test_limit": test_limit}
   worker = ReleaseWorker(release_dir, release_python, os.path.join(output, "exchange"),
                          command=worker_command)
   pairs = []
@@ -339,10 +374,16 @@ def run(release_dir, train_dir, test_dir, output, *, steps=300, width=16, scale=
     for k in range(seeds):
       t0 = time.perf_counter()
       log(f"pair {k + 1}/{seeds} (seed {seed + k})")
+      done = _load_pair(output, seed + k, pair_key)
+      if done is not None:
+        log(f"  resumed: {_pair_file(output, seed + k)} holds this pair's run")
+        pairs.append(done)
+        continue
       pairs.append(run_pair(worker, train, test, width=width, scale=scale, stage=stage,
                             steps=steps, batch=batch, seed=seed + k, lr=lr,
                             eval_every=eval_every, vgg=vgg, init_from=init_from,
                             conv_impl=conv_impl, patch_size=patch_size, log=log))
+      _save_pair(output, seed + k, pair_key, pairs[-1])
       if k + 1 < seeds:
         log(f"  pair took {(time.perf_counter() - t0) / 60:.1f} min: about "
             f"{(time.perf_counter() - t0) * (seeds - k - 1) / 60:.0f} min left")

@@ -81,7 +81,7 @@ def _vgg19_features(nn):
     else:
       layers += [nn.Conv2d(c, v, kernel_size=3, padding=1), nn.ReLU(inplace=True)]
       c = v
-  return nn.Sequential(*layers)
+  return nn.Sequential(*layers[:35])  # children 0..34: conv5_4 without its ReLU
 
 
 class Release:

@@ -87,8 +87,9 @@ class PhotoFace:
     """Side of the face's crop in photo pixels."""
     return HR_SIZE / alignment.scale_of(self.transform)
 
-  def decision(self, scale: int) -> str:
-    """What was done with the face, and why, in words."""
+  def decision(self, scale: Optional[int] = None) -> str:
+    """What was done with the face, and why, in words (at the scale it went to)."""
+    scale = self.scale or scale
     side = f"{self.crop_side:.0f} px crop"
     if self.status == "too_large":
       return (f"left as it is: too large for x{scale} ({side}; restored up to "
@@ -145,13 +146,16 @@ def too_large(crop_side: float, scale: int) -> bool:
   return crop_side > max_crop_side(scale)
 
 
-def size_range(detector: str, scale: int) -> str:
-  """The face sizes found and restored, in words (crop sides in photo pixels)."""
+def size_range(detector: str, scale) -> str:
+  """The face sizes found and restored, in words (crop sides in photo pixels); `scale` is
+  one scale or several (models of several scales)."""
   kind = face_detection.resolve(detector)
   smallest = face_detection.SMALLEST_CROP.get(kind)
   found = (f"{kind} finds faces from ~{smallest} px crops" if smallest else
            f"{kind} misses more than 10% of faces of crops up to 64 px (try --detector=mtcnn)")
-  return f"{found}; x{scale} restores crops up to {max_crop_side(scale):.0f} px"
+  scales = sorted([scale] if isinstance(scale, int) else scale, reverse=True)
+  restores = ", ".join(f"x{s} restores crops up to {max_crop_side(s):.0f} px" for s in scales)
+  return f"{found}; {restores}"
 
 
 def upscale(image: np.ndarray, scale: int) -> np.ndarray:
@@ -159,42 +163,60 @@ def upscale(image: np.ndarray, scale: int) -> np.ndarray:
   return np.asarray(Image.fromarray(image).resize((w * scale, h * scale), Image.BICUBIC))
 
 
+def choose_scale(crop_side: float, scales) -> Optional[int]:
+  """The model scale a face of `crop_side` photo px goes to: the largest of `scales` that
+  restores it (`max_crop_side`), or None when every one leaves it."""
+  fitting = [s for s in scales if not too_large(crop_side, s)]
+  return max(fitting) if fitting else None
+
+
 def restore_photo(image: np.ndarray, model, variables, scale: int, *, convention="celeba",
                   detector="auto", upsample=2, min_score=None, restore_large=False,
-                  feather=0.12, faces: Optional[List[PhotoFace]] = None) -> PhotoResult:
+                  feather=0.12, faces: Optional[List[PhotoFace]] = None,
+                  others: Optional[dict] = None) -> PhotoResult:
   """Restores every face of `image` (uint8 RGB) with the generator (`model, variables` as
   `as_generator` takes them: a Flax model and its variables, or a callable and None);
-  see the module docstring."""
+  see the module docstring.
+
+  `others` ({scale: generator}) adds models of other scales: the photo is upscaled by
+  the largest scale, and each face goes to the model `choose_scale` picks for its size
+  (its result pasted at the photo's scale).
+  """
+  models = {scale: as_generator(model, variables), **(others or {})}
+  out_scale = max(models)
   conv = alignment.get_convention(convention) if isinstance(convention, str) else convention
   timings = {}
   t0 = time.perf_counter()
   if faces is None:
     faces = find_faces(image, conv, detector, upsample, min_score)
   timings["detect"] = time.perf_counter() - t0
-  lr_size = degradation.lr_size(scale)
-  todo = []
+  todo = {s: [] for s in models}
   for pf in faces:
-    pf.scale = scale
-    if too_large(pf.crop_side, scale) and not restore_large:
-      pf.status = "too_large"
-      continue
+    chosen = choose_scale(pf.crop_side, models)
+    pf.scale = chosen or min(models)
+    if chosen is None:
+      if not restore_large:
+        pf.status = "too_large"
+        continue
+      pf.scale = max(models)
+    lr_size = degradation.lr_size(pf.scale)
     pf.lr = alignment.warp(image, alignment.with_output_size(pf.transform, lr_size), lr_size)
-    todo.append(pf)
+    todo[pf.scale].append(pf)
   t0 = time.perf_counter()
-  if todo:
-    lr_up, out, fre = super_resolve(model, variables, np.stack([pf.lr for pf in todo]))
-    for i, pf in enumerate(todo):
-      pf.lr_up, pf.sr, pf.fre = lr_up[i], out[i], fre[i]
+  for s, group in todo.items():
+    if group:
+      lr_up, out, fre = super_resolve(models[s], None, np.stack([pf.lr for pf in group]))
+      for i, pf in enumerate(group):
+        pf.lr_up, pf.sr, pf.fre = lr_up[i], out[i], fre[i]
   timings["super_resolve"] = time.perf_counter() - t0
   t0 = time.perf_counter()
-  upscaled = upscale(image, scale)
+  upscaled = upscale(image, out_scale)
   restored = upscaled.copy()
-  for pf in todo:
-    alignment.paste(restored, image_io.quantize(pf.sr), alignment.crop_to_canvas(pf.transform, scale),
-                    feather)
+  for pf in (pf for group in todo.values() for pf in group):
+    alignment.paste(restored, image_io.quantize(pf.sr),
+                    alignment.crop_to_canvas(pf.transform, out_scale), feather)
   timings["paste"] = time.perf_counter() - t0
-  name = conv.name
-  return PhotoResult(image, upscaled, restored, faces, scale, name, timings)
+  return PhotoResult(image, upscaled, restored, faces, out_scale, conv.name, timings)
 
 
 def annotate(image: np.ndarray, faces: List[PhotoFace], min_side: int = 512) -> np.ndarray:

@@ -96,7 +96,9 @@ def merge_log(out_dir: str, extra: dict = None) -> Dict[str, dict]:
 
 
 class RestoreJob:
-  """Restores input files into `out_dir` (see the module docstring)."""
+  """Restores input files into `out_dir` (see the module docstring). `load_generator`
+  returns one generator (of `scale`) or {scale: generator}: then each face goes to the
+  scale that suits its size (`photo.choose_scale`) and an LR crop to the model of its size."""
 
   def __init__(self, out_dir: str, load_generator: Callable, scale: int, *, detect=True,
                detector="auto", upsample=2, min_score=None, convention="celeba",
@@ -112,13 +114,15 @@ class RestoreJob:
     """Loads the generator (once per process) and returns the job."""
     if self.generator is None:
       self.generator = self.load_generator()
+    if not isinstance(self.generator, dict):
+      self.generator = {self.scale: self.generator}
     return self
 
   def run(self, paths: Iterable[str]) -> List[dict]:
     """Restores `paths` (their outputs written, their decisions kept as pending files)."""
     self.load()
     os.makedirs(os.path.join(self.out_dir, PENDING), exist_ok=True)
-    lr_size = degradation.lr_size(self.scale)
+    lr_sizes = {degradation.lr_size(s): s for s in self.generator}
     crops, decisions = [], []
     for path in paths:
       file_name = os.path.basename(path)
@@ -133,11 +137,13 @@ class RestoreJob:
                                      "error": str(e)}))
         continue
       try:
-        if image.shape[:2] == (lr_size, lr_size):
-          crops.append((file_name, name, image, "an LR face"))
+        side = image.shape[0] if image.shape[0] == image.shape[1] else None
+        if side in lr_sizes:
+          crops.append((file_name, name, image, "an LR face", lr_sizes[side]))
         elif not self.detect:
-          crops.append((file_name, name, image_io.to_square_size(image, lr_size),
-                        f"{image.shape[1]}x{image.shape[0]} photo, centre-cropped"))
+          crops.append((file_name, name,
+                        image_io.to_square_size(image, degradation.lr_size(self.scale)),
+                        f"{image.shape[1]}x{image.shape[0]} photo, centre-cropped", self.scale))
         else:
           decisions.append(self._keep(self._photo(file_name, name, image)))
       except Exception as e:  # pylint: disable=broad-except  (a decision, not a failed run)
@@ -153,30 +159,34 @@ class RestoreJob:
 
   def _photo(self, file_name, name, image) -> dict:
     conv = alignment.get_convention(self.convention)
-    result = photo.restore_photo(image, self.generator, None, self.scale, convention=conv,
+    main = max(self.generator)
+    result = photo.restore_photo(image, self.generator[main], None, main, convention=conv,
                                  detector=self.detector, upsample=self.upsample,
-                                 min_score=self.min_score, restore_large=self.restore_large)
+                                 min_score=self.min_score, restore_large=self.restore_large,
+                                 others={s: g for s, g in self.generator.items() if s != main})
     if not result.faces:
       return {"file": file_name, "status": "no_face", "size": list(image.shape[1::-1])}
     write_photo(result, name, self.out_dir, self.freq, self.bicubic)
     large = sum(pf.status == "too_large" for pf in result.faces)
     return {"file": file_name, "status": "photo", "faces": len(result.faces),
             "restored": len(result.faces) - large, "too_large": large,
-            "output": f"{name}_restored_x{self.scale}.png",
-            "decisions": [f"face {pf.index}: {pf.decision(self.scale)}" for pf in result.faces]}
+            "output": f"{name}_restored_x{main}.png",
+            "decisions": [f"face {pf.index}: {pf.decision()}" for pf in result.faces]}
 
   def _crops(self, crops) -> List[dict]:
     import numpy as np  # pylint: disable=g-import-not-at-top
-    lr_up, out, fre = photo.super_resolve(self.generator, None,
-                                          np.stack([c[2] for c in crops]))
-    s, decisions = self.scale, []
-    for i, (file_name, name, _, what) in enumerate(crops):
-      save_png(out[i], os.path.join(self.out_dir, f"{name}_sfmnet_x{s}.png"))
-      if self.freq:
-        save_png(fre[i], os.path.join(self.out_dir, f"{name}_sfmnet_x{s}_freq.png"))
-      if self.bicubic:
-        save_png(lr_up[i], os.path.join(self.out_dir, f"{name}_bicubic_x{s}.png"))
-      decisions.append(self._keep({"file": file_name, "status": "crop", "input": what,
-                                   "output": f"{name}_sfmnet_x{s}.png",
-                                   "size": [HR_SIZE, HR_SIZE]}))
+    decisions = []
+    for s in sorted({c[4] for c in crops}):
+      group = [c for c in crops if c[4] == s]
+      lr_up, out, fre = photo.super_resolve(self.generator[s], None,
+                                            np.stack([c[2] for c in group]))
+      for i, (file_name, name, _, what, _) in enumerate(group):
+        save_png(out[i], os.path.join(self.out_dir, f"{name}_sfmnet_x{s}.png"))
+        if self.freq:
+          save_png(fre[i], os.path.join(self.out_dir, f"{name}_sfmnet_x{s}_freq.png"))
+        if self.bicubic:
+          save_png(lr_up[i], os.path.join(self.out_dir, f"{name}_bicubic_x{s}.png"))
+        decisions.append(self._keep({"file": file_name, "status": "crop", "input": what,
+                                     "output": f"{name}_sfmnet_x{s}.png", "scale": s,
+                                     "size": [HR_SIZE, HR_SIZE]}))
     return decisions

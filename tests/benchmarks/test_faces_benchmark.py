@@ -61,7 +61,7 @@ def test_size_policy_decisions():
     assert not photo.too_large(side, scale) and photo.too_large(side + 1, scale)
   box = face_detection.Face((0, 0, 10, 10), 0.99, "mtcnn")
   pf = photo.PhotoFace(1, box, np.diag([4.0, 4.0, 1.0]), status="too_large", scale=8)
-  assert pf.crop_side == 32.0
+  assert pf.crop_side == pytest.approx(32.0)
   assert pf.decision(8) == (f"left as it is: too large for x8 (32 px crop; restored up to "
                             f"{photo.max_crop_side(8):.0f} px)")
   assert photo.PhotoFace(2, box, np.diag([8.0, 8.0, 1.0])).decision(8) == \

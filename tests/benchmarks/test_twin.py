@@ -96,6 +96,16 @@ def test_harness_against_a_fake_release(folders, tmp_path):
   for name in ("twin_losses.png", "twin_psnr.png"):
     assert np.asarray(Image.open(out / name)).std() > 5  # a drawing, not a blank
   assert result["seeds_study"] == study
+  # Run again: both pairs are reused from OUT/pairs, measured times included (a rerun
+  # would time its steps anew); other settings do not reuse them.
+  (out / "twin_seeds.json").unlink()
+  again = twin.run(None, str(train_dir), str(test_dir), str(out), steps=3, width=8, scale=8,
+                   seeds=2, batch=4, eval_every=2, patch_size=32,
+                   worker_command=FAKE, log=lambda *a: None)
+  assert again["seeds_study"] == study
+  assert again["port"]["seconds_per_step"] == result["port"]["seconds_per_step"]
+  assert sorted(p.name for p in (out / "pairs").iterdir()) == ["seed0.json", "seed1.json"]
+  assert twin._load_pair(str(out), 0, {"other": "settings"}) is None  # pylint: disable=protected-access
 
 
 def test_a_missing_release_says_what_to_get(tmp_path):
@@ -125,3 +135,26 @@ def test_a_real_twin_of_a_few_steps(folders, tmp_path):
     assert first["port"][0][term] == pytest.approx(first["release"][0][term], rel=1e-5), term
   assert result["median_rel_loss_diff"] < 0.01
   assert abs(result["port"]["psnr"] - result["release"]["psnr"]) < 0.1
+
+
+@pytest.mark.skipif(not (HAVE_TORCH and os.path.isfile(os.path.join(RELEASE_DIR, "models",
+                                                                    "mynet.py"))),
+                    reason="a real twin needs torch and einops in this Python and the release "
+                    "(git clone https://github.com/wcy-cs/SFMNet, SFMNET_RELEASE_DIR=its path)")
+def test_a_real_gan_twin_starts_equal(folders, tmp_path):
+  """The GAN stage from the golden generator, both discriminators from the release's init,
+  one fixed random VGG19 on both sides: every term of the first step agrees."""
+  from helpers import GOLDEN
+  train_dir, test_dir = folders
+  result = twin.run(RELEASE_DIR, str(train_dir), str(test_dir), str(tmp_path), steps=1,
+                    width=16, scale=8, batch=4, stage="gan", init_from=str(GOLDEN),
+                    release_python=sys.executable, conv_impl="xla", log=lambda *a: None)
+  release, port = result["curves"]["release"][0], result["curves"]["port"][0]
+  # At 128x128 the generator's phase flips by 2*pi on a few bins under rounding (the
+  # release's own output moves under 1e-6 noise), which moves the terms by ~0.1% here;
+  # a wrong weight, formula or input moves them by far more than the 1% allowed.
+  for term in ("l1_out", "l1_fre", "amplitude", "perceptual", "adv_spatial", "adv_frequency",
+               "d_spatial_loss", "d_frequency_loss"):
+    assert port[term] == pytest.approx(release[term], rel=1e-2), term
+  assert port["perceptual"] > 1e-4  # a random VGG19 whose deep features keep their scale
+  assert "random VGG19" in result["release_behaviour"]["perceptual"]

@@ -139,3 +139,19 @@ def test_malloc_tunables(monkeypatch):
   assert process.malloc_tunables({}) is None
   monkeypatch.setattr(process.platform, "system", lambda: "Darwin")
   assert process.malloc_tunables({}) is None
+
+
+def test_nothing_is_set_where_jax_is_not_installed(monkeypatch):
+  """An ONNX-only deployment (no JAX): the entry points' process settings do nothing."""
+  real = process.importlib.util.find_spec
+  monkeypatch.setattr(process.importlib.util, "find_spec",
+                      lambda name, *a: None if name == "jax" else real(name, *a))
+  called = []
+  monkeypatch.setattr(process, "apply_memory_settings", lambda env: called.append("memory"))
+  monkeypatch.setattr(process, "configure_xla_flags", lambda env: called.append("flags"))
+  env = {}
+  process.prepare_process(env)
+  assert called == [] and env == {}
+  monkeypatch.setattr(process.importlib.util, "find_spec", real)
+  process.prepare_process(env)
+  assert called == ["memory", "flags"]

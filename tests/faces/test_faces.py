@@ -154,6 +154,26 @@ def test_whole_photo_restoration_changes_only_the_faces(x4_model):
   np.testing.assert_array_equal(large.restored, plain)
 
 
+def test_each_face_goes_to_the_scale_that_suits_it(x4_model):
+  """With an x4 and an x8 model, small faces go to x8 and larger ones to x4, on a photo
+  upscaled x8; with one model a face beyond its range is left."""
+  model, variables = x4_model
+  generator = photo.as_generator(model, variables)
+  assert photo.choose_scale(16, (4, 8)) == 8 and photo.choose_scale(30, (4, 8)) == 4
+  assert photo.choose_scale(60, (4, 8)) is None
+  image, _ = astronaut.astronaut_group_photo(2, (200, 300), 0.65 * 32, seed=3)
+  faces = photo.find_faces(image, alignment.get_convention("celeba"), "hog")
+  assert faces and all(24 < f.crop_side <= 48 for f in faces)  # x8 leaves them, x4 takes them
+  single = photo.restore_photo(image, model, variables, 8, detector="hog")
+  assert [f.status for f in single.faces] == ["too_large"] * len(faces)
+  both = photo.restore_photo(image, model, variables, 8, detector="hog", others={4: generator})
+  assert both.scale == 8 and both.restored.shape == (1600, 2400, 3)
+  assert all(f.status == "restored" and f.scale == 4 and f.lr.shape == (32, 32, 3)
+             for f in both.faces)
+  assert both.faces[0].decision().startswith("restored at x4 (")
+  assert np.any(both.restored != single.restored)
+
+
 def test_prepare_writes_a_dataset_that_training_and_evaluation_read(tmp_path):
   raw = raw_face_photos(tmp_path / "raw")
   out = tmp_path / "aligned"
