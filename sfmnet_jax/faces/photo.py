@@ -1,7 +1,7 @@
 """Whole-photo face restoration: find every face, super-resolve it, paste it back.
 
 `restore_photo(image, model, variables, scale)`:
-  1. detects faces (`face_detection`, dlib, offline) with landmarks;
+  1. detects faces (`face_detection`: MTCNN or dlib, offline) with landmarks;
   2. aligns each into the model's training crop (`alignment`, a convention
      such as `celeba`) and samples the LR crop directly at the LR size
      (16x16 at x8), low-pass filtered where the face is larger than that;
@@ -31,8 +31,12 @@ from sfmnet_jax.faces import detection as face_detection
 BATCH = 8
 # The largest crop side (photo px) per scale at which restoring the face (its crop sampled
 # at the LR size, super-resolved, pasted back) beats the plain upscale on the benchmark
-# (`sfmnet-benchmark faces`, docs/faces.md), as a multiple of the LR size.
-LARGE_FACE_RATIO = {4: 1.5, 8: 1.5, 16: 1.5}
+# (`sfmnet-benchmark faces`, docs/faces.md), as a multiple of the LR size. Measured at x4:
+# restoring wins up to 1.0 (32 px crops) and loses from 1.5 (48 px): a face larger than the
+# model's input is resampled down, super-resolved, and comes back blurrier than the photo's
+# own pixels upscaled. x8 and x16 follow the same rule (no x8 model that beats bicubic was
+# at hand to measure it).
+LARGE_FACE_RATIO = {4: 1.0, 8: 1.0, 16: 1.0}
 DEFAULT_MAX_PIXELS = 16_000_000
 
 
@@ -138,7 +142,7 @@ def find_faces(image, convention: alignment.Convention, detector="auto", upsampl
 
 def max_crop_side(scale: int) -> float:
   """The largest face crop (photo px) restored at `scale` (see the module docstring)."""
-  return LARGE_FACE_RATIO.get(scale, 1.5) * HR_SIZE / scale
+  return LARGE_FACE_RATIO.get(scale, 1.0) * HR_SIZE / scale
 
 
 def too_large(crop_side: float, scale: int) -> bool:

@@ -293,7 +293,7 @@ def test_infer_on_crops_photos_and_the_demo_group_photo(tmp_path, capsys):
   x4 = tmp_path / "x4"
   assert convert.main([str(GOLDEN), str(x4), "--scale=4"]) == 0
   demo_out = tmp_path / "demo"
-  assert infer.main(["--checkpoint", str(x4), "--demo", "--detector=hog", "--output",
+  assert infer.main(["--checkpoint", str(x4), "--demo", "--output",
                      str(demo_out)]) == 0
   assert "3 face(s), 3 restored" in capsys.readouterr().out
   assert Image.open(demo_out / "astronaut_group_restored_x4.png").size == (360 * 4, 240 * 4)

@@ -98,7 +98,8 @@ def test_real_face_crops_within_the_bar_of_flax(exports):
 
 
 def _inputs(root):
-  """Two 32x32 LR faces (x4 crops), the astronaut group photo, an unreadable file."""
+  """Two 32x32 LR faces (x4 crops), the astronaut group photo (faces that HOG finds, which
+  the tests restore with --restore_large), an unreadable file."""
   root.mkdir()
   for i in range(2):
     lr = resize.resize_uint8(demo_render.render_face(5, i), (32, 32))
@@ -130,7 +131,7 @@ sys.exit(code)
 
 def test_infer_with_the_onnx_file_needs_no_jax_and_matches_the_jax_path(exports, tmp_path):
   inputs = _inputs(tmp_path / "in")
-  args = [f"--input={inputs}", "--detector=hog", "--bicubic"]
+  args = [f"--input={inputs}", "--detector=hog", "--restore_large", "--bicubic"]
   result = subprocess.run(
       [sys.executable, "-c", NO_JAX, f"--model={exports['tame'] / 'sfmnet.onnx'}",
        f"--output={tmp_path / 'onnx'}", *args],
@@ -143,11 +144,12 @@ def test_infer_with_the_onnx_file_needs_no_jax_and_matches_the_jax_path(exports,
   assert "skipped 1 unreadable file(s)" in result.stdout
   demo = subprocess.run(  # the built-in group photo needs no TensorFlow either
       [sys.executable, "-c", NO_JAX, f"--model={exports['tame'] / 'sfmnet.onnx'}", "--demo",
-       "--detector=hog", f"--output={tmp_path / 'demo'}"],
+       "--detector=hog", "--upsample=3", f"--output={tmp_path / 'demo'}"],
       capture_output=True, text=True, cwd=REPO, timeout=300,
       env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
   assert demo.returncode == 0 and "loaded: []" in demo.stdout, demo.stderr[-3000:]
-  assert "astronaut_group: 3 face(s), 3 restored" in demo.stdout
+  # dlib's HOG (what runs without TensorFlow) finds 2 of its 3 faces of ~27 px crops.
+  assert "astronaut_group: 2 face(s), 2 restored" in demo.stdout
   assert infer.main([f"--checkpoint={exports['tame_npz']}", "--scale=4",
                      f"--output={tmp_path / 'jax'}", *args]) == 0
   onnx_out, jax_out = _pngs(tmp_path / "onnx"), _pngs(tmp_path / "jax")
@@ -166,7 +168,7 @@ def test_beam_workers_write_the_one_process_bytes_and_a_killed_run_resumes(expor
                                                                           capsys):
   inputs = _inputs(tmp_path / "in")
   model = f"--model={exports['tame'] / 'sfmnet.onnx'}"
-  common = [model, f"--input={inputs}", "--detector=hog", "--freq"]
+  common = [model, f"--input={inputs}", "--detector=hog", "--restore_large", "--freq"]
   assert infer.main([*common, f"--output={tmp_path / 'one'}"]) == 0
   assert infer.main([*common, f"--output={tmp_path / 'beam'}",
                      f"--beam_pipeline_options={MULTI}"]) == 0
@@ -180,7 +182,7 @@ def test_beam_workers_write_the_one_process_bytes_and_a_killed_run_resumes(expor
   # A run killed after restoring crop_0: its decision waits as a pending file.
   out = tmp_path / "resumed"
   job = restore_job.RestoreJob(str(out), lambda: onnx_runtime.OnnxGenerator(
-      exports["tame"] / "sfmnet.onnx"), 4, detector="hog", freq=True)
+      exports["tame"] / "sfmnet.onnx"), 4, detector="hog", restore_large=True, freq=True)
   os.makedirs(out)
   job.run([str(inputs / "crop_0.png")])
   first = os.path.getmtime(out / "crop_0_sfmnet_x4.png")

@@ -123,8 +123,8 @@ def x4_model(tmp_path_factory):
 
 def test_whole_photo_restoration_changes_only_the_faces(x4_model):
   model, variables = x4_model
-  image, centres = astronaut.astronaut_group_photo(3, (240, 360), 0.65 * 32, seed=1)
-  result = photo.restore_photo(image, model, variables, 4, detector="hog")
+  image, centres = astronaut.astronaut_group_photo(3, (240, 360), 14.0, seed=1)
+  result = photo.restore_photo(image, model, variables, 4)
   assert len(result.faces) == 3 and all(f.status == "restored" for f in result.faces)
   assert result.restored.shape == (240 * 4, 360 * 4, 3)
   plain = np.asarray(Image.fromarray(image).resize((360 * 4, 240 * 4), Image.BICUBIC))
@@ -147,7 +147,7 @@ def test_whole_photo_restoration_changes_only_the_faces(x4_model):
   for cx, cy in centres:
     assert any(f.face.box[0] <= cx <= f.face.box[2] for f in result.faces)
   # A face too large for x4 is left as it is (and reported).
-  large = photo.restore_photo(image, model, variables, 4, detector="hog",
+  large = photo.restore_photo(image, model, variables, 4,
                               faces=[photo.PhotoFace(1, result.faces[0].face,
                                                      result.faces[0].transform / [[3], [3], [1]])])
   assert large.faces[0].status == "too_large"
@@ -161,12 +161,12 @@ def test_each_face_goes_to_the_scale_that_suits_it(x4_model):
   generator = photo.as_generator(model, variables)
   assert photo.choose_scale(16, (4, 8)) == 8 and photo.choose_scale(30, (4, 8)) == 4
   assert photo.choose_scale(60, (4, 8)) is None
-  image, _ = astronaut.astronaut_group_photo(2, (200, 300), 0.65 * 32, seed=3)
-  faces = photo.find_faces(image, alignment.get_convention("celeba"), "hog")
-  assert faces and all(24 < f.crop_side <= 48 for f in faces)  # x8 leaves them, x4 takes them
-  single = photo.restore_photo(image, model, variables, 8, detector="hog")
+  image, _ = astronaut.astronaut_group_photo(2, (200, 300), 12.0, seed=3)
+  faces = photo.find_faces(image, alignment.get_convention("celeba"), "auto")
+  assert len(faces) == 2 and all(16 < f.crop_side <= 32 for f in faces)  # x8 leaves, x4 takes
+  single = photo.restore_photo(image, model, variables, 8, faces=faces)
   assert [f.status for f in single.faces] == ["too_large"] * len(faces)
-  both = photo.restore_photo(image, model, variables, 8, detector="hog", others={4: generator})
+  both = photo.restore_photo(image, model, variables, 8, others={4: generator})
   assert both.scale == 8 and both.restored.shape == (1600, 2400, 3)
   assert all(f.status == "restored" and f.scale == 4 and f.lr.shape == (32, 32, 3)
              for f in both.faces)
