@@ -95,6 +95,9 @@ def prepare_environment(environ=os.environ) -> None:
   environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
   environ.setdefault("TPU_STDERR_LOG_LEVEL", "3")  # libtpu's start-up warnings about the VM
   environ.setdefault("TPU_MIN_LOG_LEVEL", "3")
+  # Compile-only: several processes may load libtpu at once (its lockfile guards TPU chips,
+  # none of which are used here).
+  environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   libtpu = find_libtpu()
   if libtpu:
     environ.setdefault("TPU_LIBRARY_PATH", libtpu)

@@ -28,9 +28,8 @@ differ by more than 1% relative, null if none); `median_rel_loss_diff`;
 step; the PSNR-vs-step curves; PNGs of the loss curves (log scale) and of test
 PSNR. With --seeds=K, K pairs (seed, seed+1, ...: each pair's two sides share
 their init and batch order, pairs differ) and the mean, standard deviation
-and Welch's t-test of the gains, release vs port. Each finished pair is kept in
-OUT/pairs/seed<S>.json: the same command run again reuses it (resumes).
-"""
+and Welch's t-test of the gains, release vs port. Finished pairs are kept in
+OUT/pairs/seed<S>.json and reused by the same command run again (it resumes)."""
 
 import json
 import os
