@@ -11,6 +11,7 @@ on a GPU or TPU host it changes nothing. Library users can call it, or
   runtime.prepare_process()
 """
 
+import importlib.metadata
 import logging
 import os
 import platform
@@ -22,9 +23,17 @@ from sfmnet_jax.cpu.process import (apply_memory_settings, configure_xla_flags, 
 
 __all__ = ["DEFAULT_CACHE_DIR", "apply_memory_settings", "configure_xla_flags", "cpu_name",
            "cpu_vector_extensions", "device_name", "enable_compilation_cache", "machine_info",
-           "prepare_process", "quiet_console_logs", "time_calls"]
+           "package_version", "prepare_process", "quiet_console_logs", "time_calls"]
 
 DEFAULT_CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "sfmnet_jax", "xla")
+
+
+def package_version(name: str):
+  """The installed version of the distribution `name`, or None when it is not installed."""
+  try:
+    return importlib.metadata.version(name)
+  except importlib.metadata.PackageNotFoundError:
+    return None
 
 
 def prepare_process() -> None:

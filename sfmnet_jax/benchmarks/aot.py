@@ -36,6 +36,8 @@ from typing import Dict, Optional
 
 import numpy as np
 
+from sfmnet_jax.runtime import package_version
+
 GPU_SPECS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gpu_specs")
 DEFAULT_LIBTPU_DIR = os.path.join(os.path.expanduser("~"), ".cache", "sfmnet_jax", "libtpu")
 GIB = 1024 ** 3
@@ -322,8 +324,8 @@ def run(config, target: str, per_device_batch: int = 8, dtypes=("bfloat16", "flo
   rows = []
   result = {"benchmark": "aot", "target": target, "description": description,
             "config": config.to_dict(), "rows": rows,
-            "versions": {"jax": jax.__version__, "libtpu": _version("libtpu"),
-                         "jax-cuda12-plugin": _version("jax-cuda12-plugin")}}
+            "versions": {"jax": jax.__version__, "libtpu": package_version("libtpu"),
+                         "jax-cuda12-plugin": package_version("jax-cuda12-plugin")}}
   for dtype in dtypes:
     cfg = config.copy_and_resolve_references()
     cfg.dtype = dtype
@@ -351,14 +353,6 @@ def run(config, target: str, per_device_batch: int = 8, dtypes=("bfloat16", "flo
       if on_row:
         on_row(result)
   return result
-
-
-def _version(name):
-  import importlib.metadata  # pylint: disable=g-import-not-at-top
-  try:
-    return importlib.metadata.version(name)
-  except importlib.metadata.PackageNotFoundError:
-    return None
 
 
 def _print_row(r):

@@ -9,7 +9,6 @@ and images/s at the evaluation batch size. Writes report.md, metrics.json
 images as PNG and a grid LR | Bicubic | SR | HR of the first faces.
 """
 
-import importlib.metadata
 import json
 import logging
 import os
@@ -206,7 +205,7 @@ def evaluate_checkpoint(config, checkpoint, output_dir, *, data_dir=None, batch_
       "checkpoint": dict(info, path=os.path.abspath(str(checkpoint))),
       "per_image": {names[i]: v for i, v in sorted(result["per_image"].items())},
       "config": config.to_dict(), "data": data.to_dict(),
-      "versions": {p: _version(p) for p in PACKAGES},
+      "versions": {p: runtime.package_version(p) for p in PACKAGES},
   }
   report["markdown"] = markdown_table(report)
   with open(os.path.join(output_dir, "report.md"), "w") as f:
@@ -219,9 +218,4 @@ def evaluate_checkpoint(config, checkpoint, output_dir, *, data_dir=None, batch_
   return report
 
 
-def _version(package):
-  try:
-    return importlib.metadata.version(package)
-  except importlib.metadata.PackageNotFoundError:
-    return None
 

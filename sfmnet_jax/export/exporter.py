@@ -27,7 +27,6 @@ if __name__ == "__main__":
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import datetime  # noqa: E402
-import importlib.metadata  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
@@ -107,13 +106,6 @@ def parity(run, reference, x, noise_moves) -> dict:
           "reference": "the Flax model, exact mode (XLA's ops)"}
 
 
-def _version(name):
-  try:
-    return importlib.metadata.version(name)
-  except importlib.metadata.PackageNotFoundError:
-    return None
-
-
 def record(fmt, file, scale, size, batch, model, info, checkpoint) -> dict:
   from sfmnet_jax.weights import checkpoints
   h, w = size
@@ -131,7 +123,7 @@ def record(fmt, file, scale, size, batch, model, info, checkpoint) -> dict:
       "source": {"checkpoint": os.path.abspath(str(checkpoint)), "step": info.get("step"),
                  "ema": info.get("ema")},
       "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-      "versions": {p: _version(p) for p in VERSIONS}}
+      "versions": {p: runtime.package_version(p) for p in VERSIONS}}
 
 
 def export(checkpoint, out_dir, fmt="all", size=(128, 128), batch=None, scale=None,

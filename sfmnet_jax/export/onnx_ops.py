@@ -18,8 +18,9 @@ ONNX_TYPES = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.float64): Ten
                np.dtype(np.bool_): TensorProto.BOOL, np.dtype(np.float16): TensorProto.FLOAT16}
 
 
-class UnsupportedPrimitive(NotImplementedError):
-  """A primitive the converter does not write (the message names it)."""
+class UnsupportedPrimitive(ValueError):
+  """A primitive (or a form of one) the converter does not write; the message names it, and
+  `sfmnet-export` reports it in one line like its other refusals."""
 
 
 @dataclasses.dataclass(eq=False)
