@@ -26,7 +26,10 @@ def get_config():
       conv_algorithm="auto",
       # The kernels' FreqBlock angle / sin / cos: "poly" (vectorised polynomials, a few 1e-7
       # from libm) | "xla" (XLA's libm calls; with conv_algorithm="direct", the release's).
-      cpu_trig="poly"))
+      cpu_trig="poly",
+      # The FreqBlocks' rfft2 / irfft2: "auto" (DFT matrix products on TPUs, which have no FFT
+      # unit; FFTs elsewhere) | "fft" (the release's) | "dft" (float32 rounding from "fft").
+      spectral_transform="auto"))
 
   config.data = ml_collections.ConfigDict(dict(
       source="folder",  # "demo" | "folder" (release layout) | "celeba" (tfds celeb_a)

@@ -68,7 +68,7 @@ def main():
   model, variables, info = checkpoints.load_generator(checkpoint)
   scale = info["scale"]
   image = demo_group_photo(scale)
-  result = photo.restore_photo(image, model, variables, scale)
+  result = photo.restore_photo(image, {scale: photo.as_generator(model, variables)})
   face = result.faces[0]
   x0, y0, x1, y1 = face.face.box
   cx, cy, side = (x0 + x1) / 2, (y0 + y1) / 2, 1.6 * (x1 - x0)

@@ -21,7 +21,7 @@ _EXPORTS = {
     "FrequencyDiscriminator": "model.discriminators",
     "load_release_weights": "weights.release", "load_release_discriminator": "weights.release",
     "WeightFileError": "weights.release", "load_generator": "weights.checkpoints",
-    "accelerate": "cpu.intercept", "train_and_evaluate": "training.loop",
+    "accelerate": "cpu", "train_and_evaluate": "training.loop",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -21,14 +21,16 @@ def parse(argv: Optional[Sequence[str]], define: Callable[[flags.FlagValues], No
   """(flag values, positional arguments), or (None, []) after printing --help."""
   argv = list(sys.argv[1:] if argv is None else argv)
   values = flags.FlagValues()
-  define(values)
-  if any(a in ("-h", "--help", "-help") for a in argv):
-    print(textwrap.dedent(doc).strip() + "\n\nflags:\n" + values.get_help())
-    return None, []
   try:
+    define(values)  # a config flag reads its --config.FIELD overrides here
+    if any(a in ("-h", "--help", "-help") for a in argv):
+      print(textwrap.dedent(doc).strip() + "\n\nflags:\n" + values.get_help())
+      return None, []
     positional = values([prog] + argv)[1:]
   except flags.Error as e:
     raise UsageError(str(e)) from None
+  except (AttributeError, KeyError) as e:  # a --config.FIELD that the config does not have
+    raise UsageError(f"no such config field: {e}") from None
   return values, positional
 
 

@@ -4,8 +4,10 @@
 points call before JAX starts; importing `sfmnet_jax` itself changes nothing.
 On a CPU-only host it applies the CPU plugin's process settings
 (`sfmnet_jax.cpu.process`: XLA:CPU flags, huge pages, the large-block cache);
-on a GPU or TPU host it changes nothing. Library users can call it, or
-`configure_xla_flags()` alone, before the first JAX computation:
+on a GPU or TPU host (`host.accelerator_host()`) it changes nothing and imports
+nothing of the plugin. This is the plugin's process door (its one door for code
+is `sfmnet_jax.cpu.accelerate`). Library users can call it before the first JAX
+computation:
 
   from sfmnet_jax import runtime
   runtime.prepare_process()
@@ -17,13 +19,11 @@ import os
 import platform
 import time
 
-from sfmnet_jax.cpu import process as _cpu_process
-from sfmnet_jax.cpu.process import (apply_memory_settings, configure_xla_flags, cpu_name,
-                                    cpu_vector_extensions)
+from sfmnet_jax.host import accelerator_host, cpu_name, cpu_vector_extensions
 
-__all__ = ["DEFAULT_CACHE_DIR", "apply_memory_settings", "configure_xla_flags", "cpu_name",
-           "cpu_vector_extensions", "device_name", "enable_compilation_cache", "machine_info",
-           "package_version", "prepare_process", "quiet_console_logs", "time_calls"]
+__all__ = ["DEFAULT_CACHE_DIR", "cpu_name", "cpu_vector_extensions", "device_name",
+           "enable_compilation_cache", "machine_info", "package_version", "prepare_process",
+           "quiet_console_logs"]
 
 DEFAULT_CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "sfmnet_jax", "xla")
 
@@ -38,7 +38,9 @@ def package_version(name: str):
 
 def prepare_process() -> None:
   """What every entry point runs first, before JAX starts (see the module docstring)."""
-  _cpu_process.prepare_process()
+  if not accelerator_host():
+    from sfmnet_jax.cpu import process  # pylint: disable=g-import-not-at-top
+    process.prepare_process()
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
@@ -97,13 +99,21 @@ def quiet_console_logs():
       handler.addFilter(_QuietConsole())
 
 
-def time_calls(fn, args, repeats):
-  """Seconds per call of `fn(*args)` for `repeats` calls, after one untimed warm-up call."""
-  import jax  # pylint: disable=g-import-not-at-top
-  jax.block_until_ready(fn(*args))
+def time_calls(fn, repeats: int, warmup: int = 1, sync=None):
+  """Seconds of each of `repeats` timed calls of `fn()`, after `warmup` untimed ones.
+
+  `sync(result)` waits for a call's work to finish before its clock stops (default
+  `jax.block_until_ready`; `lambda _: None` for a `fn` that blocks itself). The project's
+  one timer: the benchmarks, the evaluation report and the release's timings use it.
+  """
+  if sync is None:
+    import jax  # pylint: disable=g-import-not-at-top
+    sync = jax.block_until_ready
+  for _ in range(warmup):
+    sync(fn())
   times = []
   for _ in range(repeats):
     t0 = time.perf_counter()
-    jax.block_until_ready(fn(*args))
+    sync(fn())
     times.append(time.perf_counter() - t0)
   return times

@@ -13,9 +13,9 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
-from sfmnet_jax import runtime  # noqa: E402  (imports no JAX)
+from sfmnet_jax.cpu import process  # noqa: E402  (imports no JAX)
 
-runtime.configure_xla_flags()  # the flags the entry points run with
+process.configure_xla_flags()  # the flags the entry points run with
 
 import pathlib
 

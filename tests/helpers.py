@@ -105,3 +105,14 @@ def tame_golden_weights(path, factor: float = 0.01):
   assert sum(".pha_fuse." in k for k in tame) >= 28  # 14 FreqBlocks, 2 convs with bias
   np.savez(path, **tame)
   return path
+
+
+def override(config, overrides):
+  """`config` with {"a.b": value} applied, as --config.a.b=value would."""
+  for key, value in overrides.items():
+    node = config
+    *path, last = key.split(".")
+    for p in path:
+      node = node[p]
+    node[last] = value
+  return config

@@ -6,7 +6,7 @@
   sfmnet-demo                       the local web demo (apps/web.py)
   sfmnet-datasets                   prepare datasets (apps/datasets.py)
   sfmnet-convert                    release weights -> Orbax checkpoint (weights/convert.py)
-  sfmnet-benchmark                  benchmarks (benchmarks/__main__.py)
+  sfmnet-benchmark                  benchmarks and checks (apps/benchmark/)
   sfmnet-export                     ONNX and SavedModel export (export/exporter.py)
 """
 
@@ -52,6 +52,4 @@ def export():
 
 
 def benchmark():
-  if sys.argv[1:2] == ["aot"]:  # compiles for a TPU/GPU that is not here: the host stays the CPU
-    importlib.import_module("sfmnet_jax.benchmarks.aot").prepare_environment()
-  _run("sfmnet_jax.benchmarks.__main__")
+  _run("sfmnet_jax.apps.benchmark")

@@ -83,6 +83,7 @@ class Restorer:
       self.scale = info["scale"]
       if self.scale is None:
         raise ValueError(f"{checkpoint} does not record its scale: start the app with --scale")
+      self.generator = photo.as_generator(self.model, self.variables)
       t0 = time.perf_counter()
       side = degradation.lr_size(self.scale)
       photo.super_resolve(self.model, self.variables, np.zeros((1, side, side, 3), np.uint8))
@@ -112,7 +113,7 @@ class Restorer:
     except (image_io.ImageReadError, OSError) as e:
       return None, None, [], f"**Not an image.** {e}", []
     t0 = time.perf_counter()
-    result = photo.restore_photo(image, self.model, self.variables, self.scale,
+    result = photo.restore_photo(image, {self.scale: self.generator},
                                  convention=self.convention, detector=detector,
                                  upsample=self.upsample)
     total = time.perf_counter() - t0

@@ -16,34 +16,23 @@ onnxruntime time.
 """
 
 import statistics
-import time
 
 import numpy as np
 
 
-def _median_seconds(fn, repeats):
-  fn()
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t0)
-  return statistics.median(times)
-
-
+# The child imports `sfmnet_jax.runtime` for its timer: no JAX, no process settings.
 ONNX_CHILD = """
-import json, statistics, sys, time
+import json, statistics, sys
 import numpy as np, onnxruntime as ort
+from sfmnet_jax.runtime import time_calls
 path, batches, repeats = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
 session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
 out = {}
 for b in batches:
   x = np.random.default_rng(0).random((b, 128, 128, 3), np.float32)
-  session.run(None, {"lr_up": x})
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter(); session.run(None, {"lr_up": x}); times.append(time.perf_counter() - t0)
+  times = time_calls(lambda: session.run(None, {"lr_up": x}), repeats, sync=lambda _: None)
   out[b] = statistics.median(times)
+assert "jax" not in sys.modules
 print(json.dumps(out))
 """
 
@@ -58,11 +47,7 @@ def time_onnx(model, params, batch_sizes, repeats):
   import sys  # pylint: disable=g-import-not-at-top
   import tempfile  # pylint: disable=g-import-not-at-top
   from sfmnet_jax.export import onnx_graph  # pylint: disable=g-import-not-at-top
-  from sfmnet_jax.export.spectral import exportable  # pylint: disable=g-import-not-at-top
-  exported = exportable(model)
-  variables = {"params": params}
-  proto = onnx_graph.to_onnx(lambda t: exported.apply(variables, t), (1, 128, 128, 3),
-                             ("img_out", "img_fre"))
+  proto = onnx_graph.sfmnet_to_onnx(model, {"params": params})
   env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "GLIBC_TUNABLES")}
   with tempfile.TemporaryDirectory() as tmp:
     path = os.path.join(tmp, "sfmnet.onnx")
@@ -82,8 +67,9 @@ def run(release_dir, widths, batch_sizes=(1, 8), repeats=5, rounds=1):
   """Times every backend per width and batch size; returns rows and the machine."""
   import jax  # pylint: disable=g-import-not-at-top
   from sfmnet_jax import runtime  # pylint: disable=g-import-not-at-top
-  from sfmnet_jax.benchmarks import release  # pylint: disable=g-import-not-at-top
-  from sfmnet_jax.cpu.intercept import accelerate  # pylint: disable=g-import-not-at-top
+  from sfmnet_jax.benchmarks import versus_release as release  # pylint: disable=g-import-not-at-top
+  from sfmnet_jax.cpu import accelerate  # pylint: disable=g-import-not-at-top
+  from sfmnet_jax.parity.checkout import load_release_generator  # pylint: disable=g-import-not-at-top
   from sfmnet_jax.model.generator import SFMNet, init_generator  # pylint: disable=g-import-not-at-top
   info = runtime.machine_info()
   try:
@@ -92,7 +78,7 @@ def run(release_dir, widths, batch_sizes=(1, 8), repeats=5, rounds=1):
   except ImportError:
     pass
   if release_dir:
-    _, torch = release.load_release_generator(release_dir)  # fails early, with instructions
+    _, torch = load_release_generator(release_dir)  # fails early, with instructions
     info["torch"] = torch.__version__
   print(f"onnxruntime vs JAX vs the release on {info['cpu']} ({info['cpu_vector_extensions']})")
   rows = []

@@ -1,8 +1,10 @@
-"""Generator and train-step speed: latency, throughput, compile time, memory, GFLOP/s.
+"""Generator and train-step speed here: latency, throughput, compile time, memory, GFLOP/s.
 
-Used by `sfmnet-benchmark model`. Every figure is measured after
-compilation (compile time reported separately) as the median of `repeats`
-timed calls; FLOPs come from XLA's cost analysis of the compiled computation.
+Used by `sfmnet-benchmark model`. Every figure is measured after compilation
+(compile time reported separately) as the median of `repeats` timed calls
+(`runtime.time_calls`). FLOPs are the model's work: XLA's count for the plain
+model's program (`accelerators.cost`), whichever implementation runs it here
+(the CPU plugin's kernels, whose calls XLA does not count, or XLA's ops).
 """
 
 import resource
@@ -14,8 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sfmnet_jax import devices, runtime
-from sfmnet_jax.benchmarks import roofline
-from sfmnet_jax.cpu import kernels as cpu_kernels
+from sfmnet_jax.accelerators import cost, programs
 
 # The release's generator, C=64, 128x128 (analytic count of its convolutions,
 # attention and FFT products): the figure the issue's PyTorch timings refer to.
@@ -25,23 +26,18 @@ RELEASE_GFLOP_PER_IMAGE = 61.4
 WARMUP_STEPS = 2
 
 
-def _cost(compiled):
-  """(flops, memory dict) of a compiled computation, where the backend reports them."""
-  flops, memory = None, {}
-  try:
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    flops = float(cost.get("flops", 0.0)) + cpu_kernels.custom_call_flops(compiled.as_text())
-    flops = flops or None
-  except Exception:  # pylint: disable=broad-except
-    pass
-  try:
-    m = compiled.memory_analysis()
-    memory = {k: int(getattr(m, k)) for k in ("temp_size_in_bytes", "argument_size_in_bytes",
-                                              "output_size_in_bytes") if hasattr(m, k)}
-  except Exception:  # pylint: disable=broad-except
-    pass
-  return flops, memory
+def image_size(config) -> int:
+  return config.data.get("patch_size") or 128
+
+
+def model_flops(config, name: str, batch: int) -> float:
+  """XLA's FLOP count of the plain model's program `name` ("forward", "psnr", "gan") of
+  `config` at a global `batch` on one device (lowered, nothing compiled or run)."""
+  plain = config.copy_and_resolve_references()
+  plain.model.conv_impl = "xla"
+  program = programs.build(plain, name, "cpu")
+  fn, args = programs.on_one_device(program, batch, image_size(config))
+  return cost.xla_cost(jax.jit(fn).lower(*args))["flops"]
 
 
 def peak_memory():
@@ -72,61 +68,33 @@ def compile_forward(model, params, batch, size):
   return compiled, (params, x), time.perf_counter() - t0
 
 
-def forward(model, params, batch, size, repeats):
+def forward(model, params, batch, size, repeats, flops=None):
   """Generator forward on one device: `jit(model.apply)` at the given batch size."""
-  compiled, (params, x), lower_compile_s = compile_forward(model, params, batch, size)
-  flops, memory = _cost(compiled)
-  row = _summary(f"forward_b{batch}", batch, lower_compile_s,
-                 runtime.time_calls(compiled, (params, x), repeats), flops)
-  row["memory"] = memory
+  compiled, (params, x), compile_s = compile_forward(model, params, batch, size)
+  row = _summary(f"forward_b{batch}", batch, compile_s,
+                 runtime.time_calls(lambda: compiled(params, x), repeats), flops)
+  row["memory"] = cost.memory_of(compiled)
   return row
 
 
-def train_step_and_args(config, batch, platform=None, abstract=False):
-  """The pmap-ed step of `config.stage` built for `platform` and its arguments at a global
-  batch: device arrays over the local devices, or with `abstract` their shapes for one
-  device holding the whole batch (nothing initialised or compiled)."""
+def train_step_and_args(config, batch):
+  """The pmap-ed step of `config.stage` and its arguments at a global batch: device arrays
+  over the local devices (random images; the state initialised by the config's seed)."""
   from sfmnet_jax.training import state as training  # pylint: disable=g-import-not-at-top
   from sfmnet_jax.training import steps  # pylint: disable=g-import-not-at-top
-  n = 1 if abstract else jax.local_device_count()
+  n = jax.local_device_count()
   if batch % n:
     raise ValueError(f"batch {batch} does not split over {n} local devices")
-  model = training.build_model(config, platform)
-  made = {}
-
-  def make():
-    state, made["static"], vgg_params = training.create_state(config, model, platform)
-    return state, vgg_params
-
-  size = config.data.patch_size or 128
-  if abstract:
-    state, vgg_params = jax.eval_shape(make)
-    per_device = lambda t: jax.tree_util.tree_map(  # noqa: E731
-        lambda s: jax.ShapeDtypeStruct((n, *s.shape), s.dtype), t)
-    data = {k: jax.ShapeDtypeStruct((n, batch // n, size, size, 3), jnp.float32)
-            for k in ("hr", "lr_up")}
-  else:
-    state, vgg_params = make()
-    per_device = devices.replicate
-    rng = np.random.default_rng(0)
-    data = {k: rng.uniform(size=(n, batch // n, size, size, 3)).astype(np.float32)
-            for k in ("hr", "lr_up")}
-  static = made["static"]
+  model = training.build_model(config)
+  state, static, vgg_params = training.create_state(config, model)
+  size = image_size(config)
+  rng = np.random.default_rng(0)
+  data = {k: rng.uniform(size=(n, batch // n, size, size, 3)).astype(np.float32)
+          for k in ("hr", "lr_up")}
   if config.stage == "gan":
     return (steps.pmap_train_step(steps.gan_step, **static),
-            (per_device(state), data, per_device(vgg_params)))
-  return steps.pmap_train_step(steps.psnr_step, **static), (per_device(state), data)
-
-
-def forward_and_args(config, batch, platform=None):
-  """`model.apply` of the config's generator built for `platform`, and abstract arguments."""
-  from sfmnet_jax.model.generator import init_generator  # pylint: disable=g-import-not-at-top
-  from sfmnet_jax.training import state as training  # pylint: disable=g-import-not-at-top
-  model = training.build_model(config, platform)
-  params = jax.eval_shape(lambda: init_generator(model)["params"])
-  size = config.data.patch_size or 128
-  x = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32)
-  return (lambda p, v: model.apply({"params": p}, v)), (params, x)
+            (devices.replicate(state), data, devices.replicate(vgg_params)))
+  return steps.pmap_train_step(steps.psnr_step, **static), (devices.replicate(state), data)
 
 
 def compile_train_step(config, batch):
@@ -135,17 +103,6 @@ def compile_train_step(config, batch):
   t0 = time.perf_counter()
   compiled = step_fn.lower(*args).compile()
   return compiled, args, time.perf_counter() - t0
-
-
-def accelerator_estimates(config, batch, forward_batch):
-  """XLA's cost analysis of the train step (`batch` images) and of the forward at
-  `forward_batch`, lowered for one device of each of `roofline.DEVICES` as they run there
-  (the plain model), with their roofline estimates."""
-  step = roofline.estimates(
-      lambda platform: train_step_and_args(config, batch, platform, abstract=True), config.dtype)
-  forward = roofline.estimates(lambda platform: forward_and_args(config, forward_batch, platform),
-                               config.dtype)
-  return {f"{config.stage}_step_b{batch}": step, f"forward_b{forward_batch}": forward}
 
 
 def stepper(compiled, args):
@@ -165,20 +122,15 @@ def stepper(compiled, args):
   return call
 
 
-def train_step(config, batch, repeats):
+def train_step(config, batch, repeats, flops=None):
   """One pmap-ed training step (PSNR or GAN stage per `config.stage`) at a global batch."""
-  n = jax.local_device_count()
   compiled, args, compile_s = compile_train_step(config, batch)
-  flops, memory = _cost(compiled)
   step = stepper(compiled, args)
-  times = []  # not time_calls: each call consumes the state
-  for _ in range(WARMUP_STEPS + repeats):
-    t0 = time.perf_counter()
-    metrics = step()
-    times.append(time.perf_counter() - t0)
-  if not float(np.asarray(metrics["finite"]).min()):
+  metrics = []
+  times = runtime.time_calls(lambda: metrics.append(step()), repeats, warmup=WARMUP_STEPS,
+                             sync=lambda _: None)
+  if not float(np.asarray(metrics[-1]["finite"]).min()):
     raise RuntimeError(f"{config.stage} step produced a non-finite loss")
-  row = _summary(f"{config.stage}_step_b{batch}", batch, compile_s, times[WARMUP_STEPS:],
-                 flops * n if flops else None)
-  row["memory"] = memory
+  row = _summary(f"{config.stage}_step_b{batch}", batch, compile_s, times, flops)
+  row["memory"] = cost.memory_of(compiled)
   return row

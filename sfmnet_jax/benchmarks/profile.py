@@ -26,6 +26,8 @@ import time
 
 import jax
 
+from sfmnet_jax import runtime
+
 # A fusion's kind is the first of these found among its instructions.
 KINDS = ("convolution", "dot", "fft", "transpose", "reduce-window", "reduce", "scatter",
          "gather", "concatenate", "pad", "slice")
@@ -130,12 +132,7 @@ def profile(call, hlo_text: str, repeats: int = 3, top: int = 15):
   Returns wall times of untraced calls and, from one traced call, op time by
   kind, by block and for the `top` slowest ops, in milliseconds.
   """
-  call()
-  walls = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    call()
-    walls.append(time.perf_counter() - t0)
+  walls = runtime.time_calls(call, repeats, sync=lambda _: None)
   table = op_table(hlo_text)
   with tempfile.TemporaryDirectory() as trace_dir:
     jax.profiler.start_trace(trace_dir)

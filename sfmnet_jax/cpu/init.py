@@ -1,20 +1,20 @@
-"""Initial parameters drawn on the host with numpy, for the CPU backend.
+"""Initial parameters drawn on the host with numpy, for accelerated modules.
 
-The modules' own initialisers (`sfmnet_jax.model.init_variables`, `model.init`'s
-threefry draws run op by op) are what GPUs and TPUs run. On the CPU backend
-`init_params` draws the same distributions (the modules' PyTorch defaults,
-restated below by parameter name and tested against the modules' own
-initialisers) with numpy instead, in well under a second;
-`SFMNET_CPU_KERNELS=0` turns it off too. The values differ from
-`model.init`'s for the same seed (another random stream).
+Every host initialises through the model's own `init_variables` (Flax's
+`lazy_init`, the modules' threefry draws run op by op). A module the plugin
+accelerates (`sfmnet_jax.cpu.accelerate` on the CPU backend) answers
+`init`/`lazy_init` with `host_variables` instead: the same distributions (the
+modules' PyTorch defaults, restated below by parameter name and tested against
+the modules' own initialisers) drawn with numpy, in well under a second. The
+values differ from the plain module's for the same seed (another random
+stream); the plain module (`conv_impl="xla"`, `SFMNET_CPU_KERNELS=0`, a GPU or
+TPU) draws the same values on every host.
 """
 
 import jax
 import numpy as np
 from flax import traverse_util
 
-from sfmnet_jax.cpu import kernels
-from sfmnet_jax.model.generator import abstract_variables, init_variables
 from sfmnet_jax.model.layers import PReLU
 
 
@@ -36,7 +36,7 @@ def _leaf_rule(path, shape, kernel_shapes):
   raise ValueError(f"no initialiser rule for parameter {'/'.join(path)}")
 
 
-def host_init(abstract_params, seed: int):
+def host_init(abstract_params, seed):
   """Parameters of the given shapes, drawn with numpy as the modules' initialisers draw them."""
   flat = traverse_util.flatten_dict(abstract_params)
   kernel_shapes = {p[:-1]: tuple(v.shape) for p, v in flat.items() if p[-1] == "kernel"}
@@ -52,11 +52,18 @@ def host_init(abstract_params, seed: int):
   return traverse_util.unflatten_dict(out)
 
 
-def init_params(model, seed: int = 0, image_size=(8, 8), platform=None):
-  """`model`'s initial parameters: drawn on the host on the CPU backend (see above), else
-  `model.init` compiled by XLA. `image_size` shapes the trace only (discriminators'
-  parameters depend on it)."""
-  platform = platform or jax.default_backend()
-  if platform != "cpu" or not kernels.enabled():
-    return init_variables(model, seed, image_size)["params"]
-  return host_init(abstract_variables(model, image_size)["params"], seed)
+def host_variables(flax_init, rngs, *args):
+  """{"params": ...} in the shapes `flax_init(rngs, *args)` gives (traced, nothing
+  computed), drawn by `host_init` from a numpy stream seeded by the key's bits. Under a
+  trace (a key with no value: `jax.eval_shape` of the initialiser) it is `flax_init`."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  key = rngs["params"] if isinstance(rngs, dict) else rngs
+  if isinstance(key, jax.core.Tracer):
+    return flax_init(rngs, *args)
+  abstract = jax.eval_shape(flax_init, rngs, *args)
+  if set(abstract) != {"params"}:
+    raise ValueError(f"host initialisation covers parameters only, not {sorted(abstract)}")
+  if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+    key = jax.random.wrap_key_data(key)
+  seed = np.asarray(jax.random.key_data(key)).ravel().tolist()
+  return {"params": host_init(abstract["params"], seed)}

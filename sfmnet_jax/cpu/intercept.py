@@ -1,11 +1,11 @@
-"""The one seam between the plain Flax networks and the C++ kernels: `accelerate(module)`.
+"""The accelerated modules behind the plugin's door (`sfmnet_jax.cpu.accelerate`).
 
-`accelerate(module, conv_impl)` returns the module itself wherever XLA's own
-ops are used (another backend, `conv_impl="xla"`, `SFMNET_CPU_KERNELS=0`,
-kernels that cannot be built, a dtype other than float32). On the CPU backend
-it returns the same module (same fields, same parameters and checkpoints)
-whose methods run under `nn.intercept_methods` with an interceptor that
-computes, with the custom-VJP ops of `ops.py`:
+On the CPU backend `accelerate(module, ...)` returns the module itself where the
+kernels do not apply (`SFMNET_CPU_KERNELS=0`, kernels that cannot be built, a
+dtype other than float32), else the same module (same fields, same parameters
+and checkpoints) whose `init`/`lazy_init` draw the parameters on the host
+(`init.py`) and whose methods run under `nn.intercept_methods` with an
+interceptor that computes, with the custom-VJP ops of `ops.py`:
 - every `nn.Conv` that is a 3x3 or 1x1 "same" conv with stride 1, or a
   depthwise 3x3 conv: the C++ conv, its input and kernel gradients, and the
   bias's gradient as a C++ channel sum;
@@ -37,50 +37,29 @@ import jax.numpy as jnp
 
 from sfmnet_jax.cpu import kernels, ops
 from sfmnet_jax.cpu import trig as polynomial_trig
+from sfmnet_jax.cpu.init import host_variables
 from sfmnet_jax.model.blocks import ChannelAttention, FreqBlock
 from sfmnet_jax.model.generator import REMAT_BLOCKS
 
-CONV_IMPLS = ("auto", "xla", "kernels")
-TRIG_IMPLS = ("poly", "xla")
 
-
-def use_kernels(conv_impl: str = "auto", platform=None) -> bool:
-  """Whether `conv_impl` means the C++ kernels for programs that run on `platform`
-  (default: JAX's default backend).
-
-  "auto": on the CPU backend, where they build and SFMNET_CPU_KERNELS is not 0;
-  "xla": never; "kernels": on the CPU backend, or an error saying why not.
-  """
-  if conv_impl not in CONV_IMPLS:
-    raise ValueError(f"unknown conv_impl {conv_impl!r}; one of {CONV_IMPLS}")
-  if conv_impl == "xla" or not kernels.enabled():
-    return False
-  platform = platform or jax.default_backend()
-  if platform != "cpu":
-    if conv_impl == "kernels":
-      raise ValueError(f"conv_impl='kernels' runs on the CPU backend only, not {platform!r}")
+def use_kernels(conv_impl: str = "auto") -> bool:
+  """Whether `conv_impl` ("auto" or "kernels") means the C++ kernels on this CPU backend:
+  "auto" where they build and SFMNET_CPU_KERNELS is not 0; "kernels" there, or an error
+  saying why not."""
+  if not kernels.enabled():
     return False
   if conv_impl == "kernels" and not kernels.available():
     raise kernels.KernelUnavailable("the C++ kernels could not be built (see the warning)")
   return kernels.available()
 
 
-def accelerate(module: nn.Module, conv_impl: str = "auto", conv_algorithm: str = "auto",
-               platform=None, trig: str = "poly") -> nn.Module:
-  """`module` as it runs best here: itself, or its kernel-backed copy (see the module doc).
-
-  `conv_algorithm` picks the kernels' 3x3 forward: "auto" (Winograd outside the
-  frequency branch, whose values reach no phase; direct inside it), "direct",
-  "winograd" (F(2x2, 3x3)) or "winograd4" (F(4x4, 3x3)) everywhere. `trig` picks
-  the FreqBlocks' angle / sin / cos: "poly" (`trig.py`) or "xla" (XLA's, as the
-  plain module).
-  """
-  kernels.check_algorithm(conv_algorithm)
-  if trig not in TRIG_IMPLS:
-    raise ValueError(f"unknown trig {trig!r}; one of {TRIG_IMPLS}")
+def accelerate(module: nn.Module, conv_impl: str, conv_algorithm: str, trig: str) -> nn.Module:
+  """`module`'s kernel-backed copy on the CPU backend, or itself where the kernels do not
+  apply (disabled, unbuildable, a dtype other than float32). The door is
+  `sfmnet_jax.cpu.accelerate`, which checks the arguments and the platform."""
   if isinstance(module, Accelerated):
     return module
-  if getattr(module, "dtype", jnp.float32) != jnp.float32 or not use_kernels(conv_impl, platform):
+  if getattr(module, "dtype", jnp.float32) != jnp.float32 or not use_kernels(conv_impl):
     return module
   fields = {f.name: getattr(module, f.name) for f in dataclasses.fields(module)
             if f.init and f.name not in ("parent", "name")}
@@ -106,6 +85,19 @@ def _accelerated_class(cls):
     def __call__(self, *args, **kwargs):
       with nn.intercept_methods(Interceptor(self.conv_algorithm, self.recompute, self.trig)):
         return super().__call__(*args, **kwargs)
+
+    def lazy_init(self, rngs, *args, method=None, **kwargs):
+      """The initial variables drawn on the host with numpy (`init.py`), in the shapes the
+      module's own initialisers give; with `method` or other options, Flax's."""
+      if method is not None or kwargs:
+        return super().lazy_init(rngs, *args, method=method, **kwargs)
+      return host_variables(super().lazy_init, rngs, *args)
+
+    def init(self, rngs, *args, method=None, **kwargs):
+      """As `lazy_init`: one initialiser for the module, whichever Flax entry is called."""
+      if method is not None or kwargs:
+        return super().init(rngs, *args, method=method, **kwargs)
+      return host_variables(super().init, rngs, *args)
 
   AcceleratedModule.__name__ = cls.__name__
   AcceleratedModule.__qualname__ = cls.__qualname__

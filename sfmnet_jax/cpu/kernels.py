@@ -40,13 +40,12 @@ import ctypes
 import functools
 import logging
 import os
-import re
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from sfmnet_jax.cpu import native, process
+from sfmnet_jax import host
+from sfmnet_jax.cpu import native
 
 CSRC = os.path.join(os.path.dirname(__file__), "csrc")
 SOURCES = tuple(os.path.join(CSRC, f) for f in ("convs.cc", "conv_grads.cc"))
@@ -64,7 +63,6 @@ TARGETS = {"sfmnet_conv3x3": "SfmnetConv3x3",
            "sfmnet_channel_sum": "SfmnetChannelSum"}
 # Calls whose result is (N, H, W, C): 9 multiply-adds per output and input channel
 # (Winograd's are counted as the direct sum's, so its GFLOP/s are "effective").
-FORWARD_TARGETS = ("sfmnet_conv3x3", "sfmnet_conv3x3_winograd", "sfmnet_conv3x3_winograd4")
 CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "sfmnet_jax", "kernels")
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w")
 # GCC's tuning for some CPUs (AMD Zen's, at least) splits a chain of fused multiply-adds
@@ -93,8 +91,8 @@ def compiler_flags(environ=os.environ) -> tuple:
 def library_path(cache_dir=CACHE_DIR, environ=os.environ) -> str:
   """Where the built library lies for this source, jaxlib, CPU and compiler flags."""
   import jaxlib  # pylint: disable=g-import-not-at-top
-  key = native.source_key(SOURCES + HEADERS, jaxlib.__version__, process.cpu_name(),
-                          process.cpu_vector_extensions(), " ".join(compiler_flags(environ)))
+  key = native.source_key(SOURCES + HEADERS, jaxlib.__version__, host.cpu_name(),
+                          host.cpu_vector_extensions(), " ".join(compiler_flags(environ)))
   return os.path.join(cache_dir, f"conv3x3_{key}.so")
 
 
@@ -279,33 +277,3 @@ def channel_sum(g: jax.Array) -> jax.Array:
   if g.ndim != 4:
     return xla_channel_sum(g)
   return _call("sfmnet_channel_sum", (g.shape[-1],), xla_channel_sum, g)
-
-
-_TARGET = re.compile('custom_call_target="(%s)"' % "|".join(map(re.escape, TARGETS)))
-_SHAPE = re.compile(r"f32\[([\d,]+)\]")
-
-
-def custom_call_flops(hlo_text: str) -> float:
-  """FLOPs of these kernels' calls in an HLO module's text (XLA's cost analysis counts none).
-
-  A call's line names the result's shape first and the input x's second (inline
-  in the operands, or in the operand layout constraints of compiled modules).
-  """
-  total = 0.0
-  for line in hlo_text.splitlines():
-    target = _TARGET.search(line)
-    if target:
-      out, x = ([float(d) for d in m.split(",")] for m in _SHAPE.findall(line)[:2])
-      if target.group(1) in FORWARD_TARGETS:  # each output: 9 * Ci multiply-adds
-        total += 2.0 * np.prod(out) * 9 * x[-1]
-      elif target.group(1) == "sfmnet_depthwise3x3":  # each output: 9 multiply-adds
-        total += 2.0 * np.prod(out) * 9
-      elif target.group(1) == "sfmnet_conv1x1":  # each output: Ci multiply-adds
-        total += 2.0 * np.prod(out) * x[-1]
-      elif target.group(1) == "sfmnet_channel_sum":  # one add per element
-        total += np.prod(x)
-      elif target.group(1) == "sfmnet_conv1x1_kernel_grad" and len(out) == 3:
-        total += 2.0 * np.prod(out) * x[1] * x[2]  # per image: its own pixels
-      else:  # a kernel gradient: each weight, one multiply-add per pixel
-        total += 2.0 * np.prod(out) * np.prod(x[:3])
-  return total

@@ -19,7 +19,7 @@ import ml_collections
 import numpy as np
 
 from sfmnet_jax import devices, runtime
-from sfmnet_jax.data import pipeline as ip
+from sfmnet_jax.data import pipeline
 from sfmnet_jax.data import sources
 from sfmnet_jax.data.degradation import HR_SIZE
 from sfmnet_jax.data.visualize import grid, save_png
@@ -76,13 +76,14 @@ def time_generator(model, variables, batch_size, repeats=10):
   t0 = time.perf_counter()
   compiled = apply.lower(variables, one).compile()
   compile_s = time.perf_counter() - t0
-  times = runtime.time_calls(compiled, (variables, one), repeats)
+  times = runtime.time_calls(lambda: compiled(variables, one), repeats)
   n = jax.local_device_count()
   per_dev = max(batch_size // n, 1)
   p_forward = devices.pmap_generator(model)
   p_params = devices.replicate(variables["params"])
   batch = np.zeros((n, per_dev, HR_SIZE, HR_SIZE, 3), np.float32)
-  batch_times = runtime.time_calls(p_forward, (p_params, batch), max(repeats // 2, 2))
+  batch_times = runtime.time_calls(lambda: p_forward(p_params, batch),
+                                   max(repeats // 2, 2))
   return {"compile_s": compile_s, "ms_per_image_batch1": 1e3 * float(np.median(times)),
           "images_per_s": n * per_dev / float(np.median(batch_times)),
           "batch_size": n * per_dev, "device": runtime.device_name(),
@@ -173,7 +174,7 @@ def evaluate_checkpoint(config, checkpoint, output_dir, *, data_dir=None, batch_
   model, variables, info = load_generator_for(checkpoint, config, use_ema)
   split = sources.get_split(data, "test")
   batch_size = batch_size or config.eval_batch_size
-  sharding = ip.Sharding(batch_size, local_devices=jax.local_device_count())
+  sharding = pipeline.Sharding(batch_size, local_devices=jax.local_device_count())
   identity_note = None
   if identity:
     identity_note = identity_unavailable_reason()

@@ -12,7 +12,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from sfmnet_jax.data import degradation
-from sfmnet_jax.data import pipeline as ip
+from sfmnet_jax.data import pipeline
 from sfmnet_jax.evaluation import metrics
 from sfmnet_jax.data import astronaut
 from sfmnet_jax.data.sources import Split
@@ -22,10 +22,10 @@ from sfmnet_jax.data.visualize import grid
 METRIC_KEYS = ("psnr", "ssim", "ssim_matlab")
 
 
-def predict_split(p_forward: Callable, p_params, split: Split, scale: int, sharding: ip.Sharding,
+def predict_split(p_forward: Callable, p_params, split: Split, scale: int, sharding: pipeline.Sharding,
                   limit: Optional[int] = None) -> Iterator[Dict[str, np.ndarray]]:
   """Batches of this process's images with `sr` and `fre` added, padding removed (numpy)."""
-  for batch in ip.eval_dataset(split, scale, sharding, limit).as_numpy_iterator():
+  for batch in pipeline.eval_dataset(split, scale, sharding, limit).as_numpy_iterator():
     sr, fre = p_forward(p_params, batch["lr_up"])
     flat = {k: v.reshape(-1, *v.shape[2:]) for k, v in batch.items()}
     flat["sr"] = np.asarray(sr).reshape(-1, *sr.shape[2:])
@@ -71,8 +71,8 @@ def evaluate_split(p_forward, p_params, split, scale, sharding, limit=None,
 
 def sample_images(split: Split, scale: int, n: int):
   """HR, LR and LR-up of the first n images of `split` plus the astronaut portrait (a real face)."""
-  sharding = ip.Sharding(1)
-  hrs = [b["hr"][0, 0] for b, _ in zip(ip.eval_dataset(split, scale, sharding).as_numpy_iterator(),
+  sharding = pipeline.Sharding(1)
+  hrs = [b["hr"][0, 0] for b, _ in zip(pipeline.eval_dataset(split, scale, sharding).as_numpy_iterator(),
                                       range(n))]
   hrs.append(astronaut.astronaut_face().astype(np.float32) / 255.0)
   out = {"hr": [], "lr": [], "lr_up": []}

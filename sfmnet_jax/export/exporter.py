@@ -194,12 +194,9 @@ def _write_onnx(model, variables, work, size, batch, scale, info, checkpoint, x,
   import onnx
   import onnxruntime as ort
   from sfmnet_jax.export import onnx_graph
-  from sfmnet_jax.export.spectral import exportable
-  exported = exportable(model)
-  proto = onnx_graph.to_onnx(lambda t: exported.apply(variables, t), (batch or 1, *size, 3),
-                             onnx_runtime.OUTPUTS, input_name=onnx_runtime.INPUT,
-                             dynamic_batch=batch is None, doc="SFMNet face super-resolution "
-                             "(sfmnet_jax export); see the sfmnet_jax.export metadata")
+  proto = onnx_graph.sfmnet_to_onnx(model, variables, size, batch, doc="SFMNet face "
+                                    "super-resolution (sfmnet_jax export); see the "
+                                    "sfmnet_jax.export metadata")
   session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
   rec = record("onnx", "sfmnet.onnx", scale, size, batch, model, info, checkpoint)
   rec["opset"] = onnx_graph.OPSET

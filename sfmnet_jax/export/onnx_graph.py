@@ -12,9 +12,16 @@ reshapes, transposes, slices, concatenation, splits, selects and casts. Nested `
 and `custom_jvp` calls are inlined; whatever depends only on constants is
 folded with JAX at export time. A primitive outside this set is an error
 naming it. It covers the exportable SFMNet (`spectral.exportable`), not every
-JAX program.
+JAX program; `sfmnet_to_onnx` is that recipe.
+
+Layouts: a value's tensor may hold it transposed (`Value.perm`), so that the
+NCHW results of ONNX's Conv flow through elementwise ops, reductions, splits,
+concatenations and JAX's own transposes without transposing back; reshapes,
+matrix products and the graph's outputs take JAX's layout. The converter has
+one method per primitive, `prim_<name>(ins, params, avals) -> [Value]`.
 """
 
+import dataclasses
 from typing import Any, Dict, List, Optional
 
 import jax
@@ -24,8 +31,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from sfmnet_jax.export.onnx_ops import (ONNX_TYPES, StructuralOps, UnsupportedPrimitive, Value,
-                                        identity_perm)
+from sfmnet_jax.export import onnx_runtime
+from sfmnet_jax.export.spectral import exportable
 
 OPSET = 18
 BATCH = "batch"
@@ -37,20 +44,55 @@ _UNARY = {"abs": "Abs", "cos": "Cos", "sin": "Sin", "exp": "Exp", "log": "Log", 
 _BINARY = {"add": "Add", "sub": "Sub", "mul": "Mul", "div": "Div", "max": "Max", "min": "Min",
            "pow": "Pow", "ge": "GreaterOrEqual", "gt": "Greater", "le": "LessOrEqual",
            "lt": "Less", "eq": "Equal", "and": "And", "or": "Or"}
-_COMPOSITE = {"ne": "_ne", "select_n": "_select", "atan2": "_atan2", "is_finite": "_is_finite_of",
-              "cast": "_cast", "integer_pow": "_integer_pow_of", "square": "_square_of",
-              "rsqrt": "_rsqrt_of"}
 _IDENTITY = {"stop_gradient", "copy", "copy_p", "optimization_barrier"}
 _INLINE = {"pjit": "jaxpr", "jit": "jaxpr", "closed_call": "call_jaxpr",
            "custom_jvp_call": "call_jaxpr", "custom_vjp_call": "call_jaxpr",
            "remat": "jaxpr", "checkpoint": "jaxpr"}
+ONNX_TYPES = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.float64): TensorProto.DOUBLE,
+               np.dtype(np.int32): TensorProto.INT32, np.dtype(np.int64): TensorProto.INT64,
+               np.dtype(np.bool_): TensorProto.BOOL, np.dtype(np.float16): TensorProto.FLOAT16}
+
+
+class UnsupportedPrimitive(ValueError):
+  """A primitive (or a form of one) the converter does not write; the message names it, and
+  `sfmnet-export` reports it in one line like its other refusals."""
+
+
+@dataclasses.dataclass(eq=False)
+class Value:
+  """A jaxpr value in the graph: an ONNX tensor and/or a known numpy value.
+
+  The tensor holds the value transposed by `perm` (None: as JAX lays it out), so
+  that convolutions' NCHW results flow on without transposes back and forth.
+  `lazy`: it is only broadcastable to the value's shape (a `broadcast_in_dim`
+  whose consumers broadcast anyway), expanded where a consumer needs it whole.
+  """
+  shape: tuple
+  dtype: Any
+  name: Optional[str] = None
+  array: Optional[np.ndarray] = None
+  lazy: bool = False
+  perm: Optional[tuple] = None
+  cache: Dict[Any, str] = dataclasses.field(default_factory=dict)
+  origin: Optional[tuple] = None  # (primitive, inputs) of an elementwise result
+
+
+def identity_perm(n: int) -> tuple:
+  return tuple(range(n))
+
+
+def _layout(perm) -> Optional[tuple]:
+  """A value's `perm`: None for JAX's own layout (the identity), else the permutation."""
+  perm = tuple(perm)
+  return None if perm == identity_perm(len(perm)) else perm
 
 
 def _is_literal(v) -> bool:
   return isinstance(v, jax.extend.core.Literal)
 
 
-class _Converter(StructuralOps):
+class _Converter:
+  """One conversion: the graph's nodes and initializers, written one primitive at a time."""
 
   def __init__(self, batch):
     self.batch = batch  # the batch dimension: a symbolic dim, or None (static shapes)
@@ -153,9 +195,10 @@ class _Converter(StructuralOps):
       return [Value(a.shape, a.dtype, array=np.asarray(r)) for a, r in zip(avals, results)]
     if prim in _IDENTITY:
       return [ins[0]]
-    if prim in _UNARY or prim in _BINARY or prim in _COMPOSITE:
-      return [self.elementwise(prim, ins, avals[0], params)]
-    handler = getattr(self, f"_{prim}", None)
+    if prim in _UNARY or prim in _BINARY:
+      op = _UNARY.get(prim) or _BINARY[prim]
+      return [self.elementwise(prim, ins, avals[0], lambda names: self.node(op, names))]
+    handler = getattr(self, f"prim_{prim}", None)
     if handler is None:
       raise UnsupportedPrimitive(f"the ONNX export has no conversion for JAX's {prim!r}")
     return handler(ins, params, avals)
@@ -165,39 +208,43 @@ class _Converter(StructuralOps):
             and all(all(isinstance(d, int) for d in a.shape) for a in avals)
             and sum(int(np.prod(a.shape)) for a in avals) <= FOLD_LIMIT)
 
-  def elementwise(self, prim, ins, aval, params) -> Value:
-    """Elementwise ops, in the layout of their first whole input (lazy and scalar inputs
-    broadcast); the result is lazy if no input is whole."""
+  def elementwise(self, prim, ins, aval, build) -> Value:
+    """An elementwise op, in the layout of its first whole input (lazy and scalar inputs
+    broadcast): `build(input names)` writes its nodes and returns the result's name. The
+    result is lazy if no input is whole."""
     rank = len(aval.shape)
     whole = [v for v in ins if not v.lazy and len(v.shape) == rank
              and tuple(v.shape) == tuple(aval.shape)]
     perm = (whole[0].perm if whole else None) or identity_perm(rank)
     names = [self.get(v, perm if len(v.shape) == rank else None) for v in ins]
-    if prim in _UNARY:
-      name = self.node(_UNARY[prim], names)
-    elif prim in _BINARY:
-      name = self.node(_BINARY[prim], names)
-    else:
-      name = getattr(self, _COMPOSITE[prim])(names, ins, params, aval)
-    return Value(aval.shape, aval.dtype, name, lazy=not whole,
-                  perm=None if perm == identity_perm(rank) else perm, origin=(prim, tuple(ins)))
+    return Value(aval.shape, aval.dtype, build(names), lazy=not whole, perm=_layout(perm),
+                 origin=(prim, tuple(ins)))
 
-  def _ne(self, names, ins, params, aval):
-    return self.node("Not", [self.node("Equal", names)])
+  # Elementwise primitives ONNX has no single node for.
+  def prim_ne(self, ins, params, avals):
+    return [self.elementwise("ne", ins, avals[0],
+                             lambda names: self.node("Not", [self.node("Equal", names)]))]
 
-  def _select(self, names, ins, params, aval):
-    if len(names) != 3:
+  def prim_select_n(self, ins, params, avals):
+    if len(ins) != 3:
       raise UnsupportedPrimitive("select_n with more than two cases")
-    slope = _prelu_slope(*ins)
-    if slope is not None:  # where(x >= 0, x, a * x) with a constant a: LeakyRelu(alpha=a),
-      # which runtimes fuse into the convolution before it (Where is slow in runtimes)
-      return self.node("LeakyRelu", [names[2]], alpha=float(slope.array.reshape(-1)[0]))
-    pred = names[0]
-    if np.dtype(ins[0].dtype) != np.bool_:
-      pred = self.node("Cast", [pred], to=TensorProto.BOOL)
-    return self.node("Where", [pred, names[2], names[1]])
 
-  def _atan2(self, names, ins, params, aval):
+    def build(names):
+      slope = _prelu_slope(*ins)
+      if slope is not None:  # where(x >= 0, x, a * x) with a constant a: LeakyRelu(alpha=a),
+        # which runtimes fuse into the convolution before it (Where is slow in runtimes)
+        return self.node("LeakyRelu", [names[2]], alpha=float(slope.array.reshape(-1)[0]))
+      pred = names[0]
+      if np.dtype(ins[0].dtype) != np.bool_:
+        pred = self.node("Cast", [pred], to=TensorProto.BOOL)
+      return self.node("Where", [pred, names[2], names[1]])
+
+    return [self.elementwise("select_n", ins, avals[0], build)]
+
+  def prim_atan2(self, ins, params, avals):
+    return [self.elementwise("atan2", ins, avals[0], self._atan2)]
+
+  def _atan2(self, names):
     """atan2(y, x) = atan(y / x) + pi * [x's sign bit] * (y's sign bit ? -1 : 1), in
     arithmetic (runtimes' Where is slow): a sign bit is 1/v < 0 (true for -0); for
     x = y = 0 the quotient is y / 1 (x - (0 - 1)), so atan2(+-0, +-0) is +-0 or +-pi as
@@ -220,26 +267,180 @@ class _Converter(StructuralOps):
     offset = self.node("Mul", [self.node("Mul", [sign_bit(x), direction]), f32(np.pi)])
     return self.node("Add", [base, offset])
 
-  def _is_finite_of(self, names, ins, params, aval):
-    return self.node("Less", [self.node("Abs", names), self.constant(np.float32(np.inf))])
+  def prim_is_finite(self, ins, params, avals):
+    return [self.elementwise("is_finite", ins, avals[0], lambda names: self.node(
+        "Less", [self.node("Abs", names), self.constant(np.float32(np.inf))]))]
 
-  def _cast(self, names, ins, params, aval):
+  def prim_integer_pow(self, ins, params, avals):
+    def build(names):
+      exponent = self.constant(np.asarray(params["y"], np.dtype(avals[0].dtype)))
+      return self.node("Pow", [names[0], exponent])
+    return [self.elementwise("integer_pow", ins, avals[0], build)]
+
+  def prim_square(self, ins, params, avals):
+    return [self.elementwise("square", ins, avals[0],
+                             lambda names: self.node("Mul", [names[0], names[0]]))]
+
+  def prim_rsqrt(self, ins, params, avals):
+    return [self.elementwise("rsqrt", ins, avals[0], lambda names: self.node(
+        "Reciprocal", [self.node("Sqrt", names)]))]
+
+  # Structural primitives.
+  def prim_convert_element_type(self, ins, params, avals):
     to = np.dtype(params["new_dtype"])
+    if to == np.dtype(ins[0].dtype):
+      return [ins[0]]
     if to not in ONNX_TYPES:
       raise UnsupportedPrimitive(f"convert_element_type to {to}")
-    return self.node("Cast", names, to=ONNX_TYPES[to])
+    return [self.elementwise("cast", ins, avals[0],
+                             lambda names: self.node("Cast", names, to=ONNX_TYPES[to]))]
 
-  def _integer_pow_of(self, names, ins, params, aval):
-    exponent = self.constant(np.asarray(params["y"], np.dtype(aval.dtype)))
-    return self.node("Pow", [names[0], exponent])
+  def prim_broadcast_in_dim(self, ins, params, avals):
+    shape, dims = avals[0].shape, params["broadcast_dimensions"]
+    operand = ins[0]
+    expanded = [1] * len(shape)
+    for i, d in enumerate(dims):
+      expanded[d] = operand.shape[i]
+    if operand.array is not None and all(isinstance(d, int) for d in expanded):
+      return [Value(shape, avals[0].dtype, array=operand.array.reshape(expanded), lazy=True)]
+    name = self.node("Reshape", [self.get(operand, full=True), self.shape_tensor(expanded)])
+    return [Value(shape, avals[0].dtype, name, lazy=True)]
 
-  def _square_of(self, names, ins, params, aval):
-    return self.node("Mul", [names[0], names[0]])
+  def prim_reshape(self, ins, params, avals):
+    if params.get("dimensions"):
+      raise UnsupportedPrimitive("reshape with dimensions")
+    name = self.node("Reshape", [self.get(ins[0], full=True),
+                                 self.shape_tensor(params["new_sizes"])])
+    return [Value(avals[0].shape, avals[0].dtype, name)]
 
-  def _rsqrt_of(self, names, ins, params, aval):
-    return self.node("Reciprocal", [self.node("Sqrt", names)])
+  def prim_squeeze(self, ins, params, avals):
+    axes = self.constant(np.array(params["dimensions"], np.int64))
+    return [Value(avals[0].shape, avals[0].dtype,
+                   self.node("Squeeze", [self.get(ins[0], full=True), axes]))]
 
-  # Structural primitives (one method each, named after the primitive).
+  def prim_expand_dims(self, ins, params, avals):
+    axes = self.constant(np.array(params["dimensions"], np.int64))
+    return [Value(avals[0].shape, avals[0].dtype,
+                   self.node("Unsqueeze", [self.get(ins[0], full=True), axes]))]
+
+  def prim_transpose(self, ins, params, avals):
+    """No node: the tensor stays as it is, with the composed layout."""
+    x = ins[0]
+    if x.lazy:
+      x = Value(x.shape, x.dtype, self.get(x, x.perm, full=True), perm=x.perm)
+    have = x.perm or identity_perm(len(x.shape))
+    inverse = np.argsort(params["permutation"])
+    perm = tuple(int(inverse[i]) for i in have)
+    return [Value(avals[0].shape, avals[0].dtype, x.name,
+                   perm=_layout(perm))]
+
+  def _common_perm(self, ins, rank):
+    return next((v.perm for v in ins if v.name is not None and not v.lazy), None) or \
+        identity_perm(rank)
+
+  def prim_concatenate(self, ins, params, avals):
+    rank = len(avals[0].shape)
+    perm = self._common_perm(ins, rank)
+    name = self.node("Concat", [self.get(v, perm, full=True) for v in ins],
+                     axis=int(np.argsort(perm)[params["dimension"]]))
+    return [Value(avals[0].shape, avals[0].dtype, name,
+                   perm=_layout(perm))]
+
+  def prim_split(self, ins, params, avals):
+    rank = len(avals[0].shape)
+    perm = self._common_perm(ins, rank)
+    sizes = self.constant(np.array(params["sizes"], np.int64))
+    names = self.node("Split", [self.get(ins[0], perm, full=True), sizes], n_out=len(avals),
+                      axis=int(np.argsort(perm)[params["axis"]]))
+    names = names if isinstance(names, list) else [names]
+    return [Value(a.shape, a.dtype, n, perm=_layout(perm))
+            for a, n in zip(avals, names)]
+
+  def prim_slice(self, ins, params, avals):
+    x = ins[0]
+    rank = len(x.shape)
+    have = x.perm or identity_perm(rank)
+    strides = params["strides"] or (1,) * rank
+    where = np.argsort(have)  # logical axis -> physical axis
+    const = lambda v: self.constant(np.array(v, np.int64))  # noqa: E731
+    limits = [d if isinstance(d, int) else np.iinfo(np.int64).max  # a whole batch axis
+              for d in params["limit_indices"]]
+    name = self.node("Slice", [self.get(x, have, full=True), const(params["start_indices"]),
+                               const(limits),
+                               const([int(where[a]) for a in range(rank)]), const(strides)])
+    return [Value(avals[0].shape, avals[0].dtype, name,
+                   perm=_layout(have))]
+
+  def _reduce(self, op, ins, params, avals):
+    x = ins[0]
+    rank = len(x.shape)
+    have = x.perm or identity_perm(rank)
+    axes = sorted(int(np.argsort(have)[a]) for a in params["axes"])
+    name = self.node(op, [self.get(x, have, full=True),
+                          self.constant(np.array(axes, np.int64))], keepdims=0)
+    reduced = set(params["axes"])
+    renumber = {d: d - sum(a < d for a in reduced) for d in range(rank) if d not in reduced}
+    perm = tuple(renumber[d] for d in have if d not in reduced)
+    return [Value(avals[0].shape, avals[0].dtype, name,
+                   perm=_layout(perm))]
+
+  def prim_reduce_sum(self, ins, params, avals):
+    return self._reduce("ReduceSum", ins, params, avals)
+
+  def prim_reduce_max(self, ins, params, avals):
+    return self._reduce("ReduceMax", ins, params, avals)
+
+  def prim_conv_general_dilated(self, ins, params, avals):
+    """ONNX's Conv on the input in its spec's layout (NCHW for NHWC): the result stays NCHW."""
+    lhs_spec, rhs_spec, out_spec = params["dimension_numbers"]
+    if any(d != 1 for d in params["lhs_dilation"]) or params["batch_group_count"] != 1:
+      raise UnsupportedPrimitive("conv_general_dilated with lhs dilation or batch groups")
+    x = self.get(ins[0], lhs_spec, full=True)
+    w = self.get(ins[1], rhs_spec, full=True)
+    pads = [lo for lo, _ in params["padding"]] + [hi for _, hi in params["padding"]]
+    y = self.node("Conv", [x, w], group=params["feature_group_count"], pads=pads,
+                  strides=list(params["window_strides"]),
+                  dilations=list(params["rhs_dilation"]))
+    perm = tuple(int(d) for d in out_spec)
+    return [Value(avals[0].shape, avals[0].dtype, y,
+                   perm=_layout(perm))]
+
+  def prim_dot_general(self, ins, params, avals):
+    """MatMul where the contraction is one axis (with batch axes leading), Einsum otherwise."""
+    (lc, rc), (lb, rb) = params["dimension_numbers"]
+    lhs, rhs = ins
+    ln, rn = len(lhs.shape), len(rhs.shape)
+    shape, dtype = avals[0].shape, avals[0].dtype
+    nb = len(lb)
+    batch_leading = tuple(lb) == tuple(range(nb)) and tuple(rb) == tuple(range(nb))
+    if len(lc) == 1 and batch_leading:
+      l_free = [d for d in range(nb, ln) if d != lc[0]]
+      r_free = [d for d in range(nb, rn) if d != rc[0]]
+      if nb == 0 and rn == 2 and lc[0] == ln - 1 and rc[0] == 0:  # x @ W
+        return [Value(shape, dtype, self.node("MatMul", [self.get(lhs, full=True),
+                                                          self.get(rhs, full=True)]))]
+      if nb == 0 and ln == 2 and lc[0] == 1 and rn >= 2 and rc[0] == rn - 2:
+        # W @ x over x's second-to-last axis: ONNX broadcasts W over x's leading axes and
+        # gives (..., i, k), JAX's result is (i, ..., k): the same tensor, another layout.
+        y = self.node("MatMul", [self.get(lhs, full=True), self.get(rhs, full=True)])
+        perm = tuple(range(1, rn - 1)) + (0, rn - 1)
+        return [Value(shape, dtype, y, perm=perm)]
+      if len(l_free) == 1 and len(r_free) == 1:
+        a = self.get(lhs, list(range(nb)) + l_free + [lc[0]], full=True)
+        b = self.get(rhs, list(range(nb)) + [rc[0]] + r_free, full=True)
+        return [Value(shape, dtype, self.node("MatMul", [a, b]))]
+    a, b = self.get(lhs, full=True), self.get(rhs, full=True)
+    letters = iter("abcdefghijklmnopqrstuvwxyz")
+    lhs_l = [next(letters) for _ in range(ln)]
+    rhs_l = [next(letters) for _ in range(rn)]
+    for i, j in zip(list(lc) + list(lb), list(rc) + list(rb)):
+      rhs_l[j] = lhs_l[i]
+    out_l = ([lhs_l[i] for i in lb] + [lhs_l[i] for i in range(ln) if i not in lc + lb]
+             + [rhs_l[j] for j in range(rn) if j not in rc + rb])
+    eq = f"{''.join(lhs_l)},{''.join(rhs_l)}->{''.join(out_l)}"
+    return [Value(shape, dtype, self.node("Einsum", [a, b], equation=eq))]
+
+
 def _prelu_slope(pred: Value, if_false: Value, if_true: Value) -> Optional[Value]:
   """The slope `a` when select_n(pred, if_false, if_true) is where(x >= 0, x, a * x) with a
   constant `a` of one value (a PReLU), else None."""
@@ -293,9 +494,11 @@ def to_onnx(fn, example_shape, output_names, *, input_name="lr_up", dynamic_batc
   return model
 
 
-def input_output(model: onnx.ModelProto) -> Dict[str, Any]:
-  """{'inputs': [(name, dims)], 'outputs': [...]} of a model (dims: ints or 'batch')."""
-  def dims(v):
-    return [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
-  return {"inputs": [(v.name, dims(v)) for v in model.graph.input],
-          "outputs": [(v.name, dims(v)) for v in model.graph.output]}
+def sfmnet_to_onnx(model, variables, size=(128, 128), batch=None, doc: str = "") -> onnx.ModelProto:
+  """The ONNX graph of an SFMNet generator with its variables (`spectral.exportable`, traced
+  by `to_onnx`): input `lr_up` (NHWC, `size`), outputs `img_out`, `img_fre`; a fixed
+  `batch`, or None for a dynamic one."""
+  exported = exportable(model)
+  return to_onnx(lambda t: exported.apply(variables, t), (batch or 1, *size, 3),
+                 onnx_runtime.OUTPUTS, input_name=onnx_runtime.INPUT,
+                 dynamic_batch=batch is None, doc=doc)

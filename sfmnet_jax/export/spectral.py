@@ -10,9 +10,9 @@ outputs) whose FreqBlocks compute, under `nn.intercept_methods`:
 - `inverse_magnitude`: |irfft2|, the inverse products along H then W (the
   imaginary parts of the W transform's first and Nyquist bins are ignored, as
   every complex-to-real FFT does), with 1/(HW) folded into the matrices.
-Everything else is the plain model. The matrices are built in float64 with
-exact values at multiples of pi/2 (where sin or cos is 0 or +-1) and stored in
-float32; the products sum in float32 in another order than an FFT, so the two
+Everything else is the plain model. The matrices are the model's own
+(`model.spectral.dft_matrices`, its "dft" transform), here in a channels-first
+layout that ONNX runtimes take well; the products sum in float32 in another order than an FFT, so the two
 differ by float32 rounding (a few 1e-7 of a spectrum's scale), and a bin that
 lies that close to the negative real axis can take the other side of its 2 pi
 phase jump, as in every other numerical mode (README "Numerics").
@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sfmnet_jax.model.blocks import FreqBlock
+from sfmnet_jax.model.spectral import dft_matrices
 
 
 class RealSpectrum(NamedTuple):
@@ -35,49 +36,6 @@ class RealSpectrum(NamedTuple):
 
   re: jnp.ndarray
   im: jnp.ndarray
-
-
-def _cos_sin(n: int, k: int, sign: float):
-  """cos and sign*sin of 2 pi j m / n for j < n, m < k, float64, exact where j m is a
-  multiple of n/4 (the angle a multiple of pi/2)."""
-  jm = np.outer(np.arange(n), np.arange(k)) % n
-  angle = 2 * np.pi * jm / n
-  cos, sin = np.cos(angle), np.sin(angle)
-  quarter = (4 * jm) % n == 0
-  exact = np.round(4 * jm[quarter] / n).astype(int) % 4
-  cos[quarter] = np.array([1.0, 0.0, -1.0, 0.0])[exact]
-  sin[quarter] = np.array([0.0, 1.0, 0.0, -1.0])[exact]
-  return cos, sign * sin
-
-
-@functools.lru_cache(maxsize=32)
-def dft_matrices(h: int, w: int):
-  """The forward and inverse matrices of an (h, w) rfft2, float32 numpy.
-
-  Forward, on (..., h, w) rows: along W `x @ fw_cos`, `x @ fw_sin` (w, w//2+1);
-  along H `fh_cos @ t`, `fh_sin @ t` (h, h). Inverse: along H `ih_cos`, `ih_sin`
-  (h, h, with 1/h), along W `iw_cos`, `iw_sin` (w//2+1, w, with 1/w, the doubled
-  interior bins and zero rows for the imaginary parts of bins 0 and w/2).
-  """
-  k = w // 2 + 1
-  fw_cos, fw_sin = _cos_sin(w, k, -1.0)  # e^{-i t} = cos t - i sin t
-  fh_cos, fh_sin = _cos_sin(h, h, -1.0)
-  ih_cos, ih_sin = _cos_sin(h, h, +1.0)
-  ih_cos, ih_sin = ih_cos / h, ih_sin / h
-  iw_cos, iw_sin = _cos_sin(w, k, +1.0)
-  weight = np.full(k, 2.0)
-  weight[0] = 1.0
-  if w % 2 == 0:
-    weight[-1] = 1.0
-  iw_cos = (iw_cos * weight / w).T  # (k, w)
-  iw_sin = (iw_sin * weight / w).T
-  iw_sin[0] = 0.0
-  if w % 2 == 0:
-    iw_sin[-1] = 0.0
-  f32 = lambda a: np.ascontiguousarray(a, np.float32)  # noqa: E731
-  return {"fw_cos": f32(fw_cos), "fw_sin": f32(fw_sin), "fh_cos": f32(fh_cos),
-          "fh_sin": f32(fh_sin), "ih_cos": f32(ih_cos), "ih_sin": f32(ih_sin),
-          "iw_cos": f32(iw_cos), "iw_sin": f32(iw_sin)}
 
 
 def rfft2(y) -> RealSpectrum:

@@ -160,7 +160,8 @@ def _raw(image, kind, upsample, min_face=MTCNN_MIN_FACE):
           for r, s in zip(rects, scores)]
 
 
-def _iou(a, b) -> float:
+def iou(a, b) -> float:
+  """Intersection over union of two (left, top, right, bottom) boxes."""
   ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
   iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
   inter = ix * iy
@@ -215,7 +216,7 @@ def detect(image: np.ndarray, detector: str = "auto", upsample: int = 2,
   for kind, up in plan(image.shape, detector, upsample):
     threshold = MIN_SCORE[kind] if min_score is None else min_score
     for box, score, extra in _raw(image, kind, up, min_face):
-      if score >= threshold and all(_iou(box, k[0]) <= MERGE_IOU for k in kept):
+      if score >= threshold and all(iou(box, k[0]) <= MERGE_IOU for k in kept):
         kept.append((box, score, kind, extra))
   faces = []
   for box, score, kind, extra in kept:

@@ -1,13 +1,14 @@
 """Whole-photo face restoration: find every face, super-resolve it, paste it back.
 
-`restore_photo(image, model, variables, scale)`:
+`restore_photo(image, {scale: generator})` (a generator per model scale, e.g.
+`{8: as_generator(model, variables)}`):
   1. detects faces (`face_detection`: MTCNN or dlib, offline) with landmarks;
   2. aligns each into the model's training crop (`alignment`, a convention
      such as `celeba`) and samples the LR crop directly at the LR size
      (16x16 at x8), low-pass filtered where the face is larger than that;
   3. super-resolves all LR crops in batches (the same LR-up the release fed
      its network: PIL bicubic to 128);
-  4. upscales the whole photo by `scale` with PIL's bicubic and blends each
+  4. upscales the whole photo by the largest scale with PIL's bicubic and blends each
      128x128 result in through the inverse transform with a feathered mask.
      Pixels outside every mask are exactly the plainly upscaled photo.
 A face whose crop covers more photo pixels than restoring beats the plain
@@ -18,7 +19,7 @@ says what was done and why (`PhotoFace.decision`).
 
 import dataclasses
 import time
-from typing import List, Optional
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -29,14 +30,14 @@ from sfmnet_jax.faces import alignment
 from sfmnet_jax.faces import detection as face_detection
 
 BATCH = 8
-# The largest crop side (photo px) per scale at which restoring the face (its crop sampled
-# at the LR size, super-resolved, pasted back) beats the plain upscale on the benchmark
-# (`sfmnet-benchmark faces`, docs/faces.md), as a multiple of the LR size. Measured at x4:
-# restoring wins up to 1.0 (32 px crops) and loses from 1.5 (48 px): a face larger than the
-# model's input is resampled down, super-resolved, and comes back blurrier than the photo's
-# own pixels upscaled. x8 and x16 follow the same rule (no x8 model that beats bicubic was
-# at hand to measure it).
-LARGE_FACE_RATIO = {4: 1.0, 8: 1.0, 16: 1.0}
+# The largest crop side (photo px) at which restoring a face (its crop sampled at the LR
+# size, super-resolved, pasted back) beats the plain upscale on the benchmark
+# (`sfmnet-benchmark faces`, docs/faces.md), as a multiple of the model's LR size. Measured
+# at x4: restoring wins up to 1.0 (32 px crops) and loses from 1.5 (48 px): a face larger
+# than the model's input is resampled down, super-resolved, and comes back blurrier than the
+# photo's own pixels upscaled. x8 and x16 follow the same rule (no x8 model that beats
+# bicubic was at hand to measure it).
+LARGE_FACE_RATIO = 1.0
 DEFAULT_MAX_PIXELS = 16_000_000
 
 
@@ -142,7 +143,7 @@ def find_faces(image, convention: alignment.Convention, detector="auto", upsampl
 
 def max_crop_side(scale: int) -> float:
   """The largest face crop (photo px) restored at `scale` (see the module docstring)."""
-  return LARGE_FACE_RATIO.get(scale, 1.0) * HR_SIZE / scale
+  return LARGE_FACE_RATIO * HR_SIZE / scale
 
 
 def too_large(crop_side: float, scale: int) -> bool:
@@ -174,19 +175,17 @@ def choose_scale(crop_side: float, scales) -> Optional[int]:
   return max(fitting) if fitting else None
 
 
-def restore_photo(image: np.ndarray, model, variables, scale: int, *, convention="celeba",
+def restore_photo(image: np.ndarray, generators: Dict[int, Callable], *, convention="celeba",
                   detector="auto", upsample=2, min_score=None, restore_large=False,
-                  feather=0.12, faces: Optional[List[PhotoFace]] = None,
-                  others: Optional[dict] = None) -> PhotoResult:
-  """Restores every face of `image` (uint8 RGB) with the generator (`model, variables` as
-  `as_generator` takes them: a Flax model and its variables, or a callable and None);
-  see the module docstring.
-
-  `others` ({scale: generator}) adds models of other scales: the photo is upscaled by
-  the largest scale, and each face goes to the model `choose_scale` picks for its size
-  (its result pasted at the photo's scale).
+                  feather=0.12, faces: Optional[List[PhotoFace]] = None) -> PhotoResult:
+  """Restores every face of `image` (uint8 RGB) with `generators` ({scale: generator}, each
+  as `as_generator` returns it); see the module docstring. With several scales the photo is
+  upscaled by the largest, and each face goes to the generator `choose_scale` picks for its
+  size (its result pasted at the photo's scale).
   """
-  models = {scale: as_generator(model, variables), **(others or {})}
+  if not generators:
+    raise ValueError("restore_photo needs at least one generator ({scale: generator})")
+  models = dict(generators)
   out_scale = max(models)
   conv = alignment.get_convention(convention) if isinstance(convention, str) else convention
   timings = {}

@@ -22,7 +22,7 @@ killed run resumes where it stopped. Messages name files by their own path.
 import json
 import logging
 import os
-from typing import Callable, Dict, Iterable, List
+from typing import Any, Callable, Dict, Iterable, List, NamedTuple
 
 from sfmnet_jax.data import degradation, image_io
 from sfmnet_jax.data.degradation import HR_SIZE
@@ -32,6 +32,15 @@ from sfmnet_jax.faces import alignment, photo
 PENDING = ".infer_pending"
 LOG = "infer_log.json"
 FINAL = ("crop", "photo", "no_face", "unreadable", "too_large", "error")
+
+
+class _Crop(NamedTuple):
+  """An input that is already a face crop: restored as it is, at `scale`."""
+  file_name: str
+  name: str
+  image: Any  # (s, s, 3) uint8, s the LR size of `scale`
+  what: str  # how the input was read, for its decision
+  scale: int
 
 
 def write_photo(result: photo.PhotoResult, name: str, out_dir: str, freq: bool, bicubic: bool):
@@ -139,11 +148,12 @@ class RestoreJob:
       try:
         side = image.shape[0] if image.shape[0] == image.shape[1] else None
         if side in lr_sizes:
-          crops.append((file_name, name, image, "an LR face", lr_sizes[side]))
+          crops.append(_Crop(file_name, name, image, "an LR face", lr_sizes[side]))
         elif not self.detect:
-          crops.append((file_name, name,
-                        image_io.to_square_size(image, degradation.lr_size(self.scale)),
-                        f"{image.shape[1]}x{image.shape[0]} photo, centre-cropped", self.scale))
+          crops.append(_Crop(file_name, name,
+                             image_io.to_square_size(image, degradation.lr_size(self.scale)),
+                             f"{image.shape[1]}x{image.shape[0]} photo, centre-cropped",
+                             self.scale))
         else:
           decisions.append(self._keep(self._photo(file_name, name, image)))
       except Exception as e:  # pylint: disable=broad-except  (a decision, not a failed run)
@@ -160,10 +170,9 @@ class RestoreJob:
   def _photo(self, file_name, name, image) -> dict:
     conv = alignment.get_convention(self.convention)
     main = max(self.generator)
-    result = photo.restore_photo(image, self.generator[main], None, main, convention=conv,
+    result = photo.restore_photo(image, self.generator, convention=conv,
                                  detector=self.detector, upsample=self.upsample,
-                                 min_score=self.min_score, restore_large=self.restore_large,
-                                 others={s: g for s, g in self.generator.items() if s != main})
+                                 min_score=self.min_score, restore_large=self.restore_large)
     if not result.faces:
       return {"file": file_name, "status": "no_face", "size": list(image.shape[1::-1])}
     write_photo(result, name, self.out_dir, self.freq, self.bicubic)
@@ -176,10 +185,10 @@ class RestoreJob:
   def _crops(self, crops) -> List[dict]:
     import numpy as np  # pylint: disable=g-import-not-at-top
     decisions = []
-    for s in sorted({c[4] for c in crops}):
-      group = [c for c in crops if c[4] == s]
+    for s in sorted({c.scale for c in crops}):
+      group = [c for c in crops if c.scale == s]
       lr_up, out, fre = photo.super_resolve(self.generator[s], None,
-                                            np.stack([c[2] for c in group]))
+                                            np.stack([c.image for c in group]))
       for i, (file_name, name, _, what, _) in enumerate(group):
         save_png(out[i], os.path.join(self.out_dir, f"{name}_sfmnet_x{s}.png"))
         if self.freq:

@@ -10,6 +10,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from sfmnet_jax.model import spectral
 from sfmnet_jax.model.layers import ConvAct, Scale, conv, nan_to_num, sequential
@@ -55,7 +56,9 @@ class FreqBlock(nn.Module):
   y = fpre(x); F = rfft2(y + 1e-8); A, P = |F|, angle(F);
   A2 = A + amp_fuse(A); P2 = P + pha_fuse(P) (3x3 convs on the half spectrum);
   z = |irfft2(A2 cos P2 + 1e-8 + i (A2 sin P2 + 1e-8))|; out = post(z) + x (NaN/inf -> 1e-5).
-  Transforms and the amplitude/phase algebra run in float32 whatever `dtype` is.
+  Transforms and the amplitude/phase algebra run in float32 whatever `dtype` is;
+  `transform` computes rfft2 and irfft2 by FFT ("fft", the release's) or by DFT matrix
+  products ("dft", channels last: what a TPU runs best; see `spectral.py`).
   The transforms (`spectrum`, `inverse_magnitude`) and the polar algebra (`polar`,
   `cartesian`) are methods, so that `nn.intercept_methods` can compute them
   another way (the CPU plugin's polynomial phases, the export's real DFTs).
@@ -63,6 +66,7 @@ class FreqBlock(nn.Module):
 
   features: int
   dtype: Dtype = jnp.float32
+  transform: str = "fft"
 
   @nn.compact
   def __call__(self, x):
@@ -82,13 +86,22 @@ class FreqBlock(nn.Module):
     out = conv(c, 1, c, dtype=dt, name="post")(z) + x.astype(dt)
     return nan_to_num(out)
 
+  def _transforms(self):
+    """(rfft2, irfft2) of `transform`; "dft" products at float32 accuracy, or in one bfloat16
+    pass for a bfloat16 block (its feature maps are bfloat16 on both sides)."""
+    precision = (jax.lax.Precision.HIGHEST if jnp.dtype(self.dtype) == jnp.float32
+                 else jax.lax.Precision.DEFAULT)
+    return spectral.transforms(self.transform, precision)
+
   def spectrum(self, y):
     """rfft2(y + 1e-8), in float32: (B, H, W, C) -> complex (B, H, W//2+1, C)."""
-    return spectral.rfft2(y.astype(jnp.float32) + 1e-8)
+    forward, _ = self._transforms()
+    return forward(y.astype(jnp.float32) + 1e-8)
 
   def inverse_magnitude(self, real, imag, size):
     """|irfft2(real + 1e-8 + i (imag + 1e-8))| at `size` (H, W)."""
-    return jnp.abs(spectral.irfft2(jax.lax.complex(real + 1e-8, imag + 1e-8), size))
+    _, inverse = self._transforms()
+    return jnp.abs(inverse(jax.lax.complex(real + 1e-8, imag + 1e-8), size))
 
   def polar(self, spec):
     """(|F|, angle(F)) of a spectrum, with finite gradients at F == 0."""
@@ -99,10 +112,11 @@ class FreqBlock(nn.Module):
     return amp * jnp.cos(pha), amp * jnp.sin(pha)
 
 
-def l2_normalize(t, eps: float = 1e-12):
-  """`torch.nn.functional.normalize(t, dim=-1)`: t / max(|t|, eps), with a finite gradient
-  at t == 0 (sqrt(max(|t|^2, eps^2)) is the same value)."""
-  return t / jnp.sqrt(jnp.maximum(jnp.sum(t * t, axis=-1, keepdims=True), eps * eps))
+def l2_norm(t, axis, eps: float = 1e-12):
+  """`max(|t|, eps)` over `axis` as `torch.nn.functional.normalize` divides by, in float32,
+  with a finite gradient at t == 0 (sqrt(max(|t|^2, eps^2)) is the same value)."""
+  t = t.astype(jnp.float32)
+  return jnp.sqrt(jnp.maximum(jnp.sum(t * t, axis=axis), eps * eps))
 
 
 class ChannelAttention(nn.Module):
@@ -111,7 +125,9 @@ class ChannelAttention(nn.Module):
   q = dw3x3(q(x)); k, v = split(dw3x3(kv(g))); per head, L2-normalise q and k
   over H*W (eps 1e-12), attn = softmax(q k^T * temperature), a (C/heads x
   C/heads) map per head; out = project_out(attn v). Cost is linear in H*W.
-  The attention map and softmax are computed in float32.
+  The heads' maps are computed as the diagonal blocks of one (C x C) map per
+  image, the normalisation folded into it ((q/|q|).(k/|k|) = q.k / (|q| |k|)),
+  and the map and softmax in float32.
   """
 
   features: int
@@ -128,17 +144,24 @@ class ChannelAttention(nn.Module):
     q = conv(c, 3, c, use_bias=False, groups=c, dtype=dt, name="q_dwconv")(q)
     kv = conv(2 * c, 1, c, use_bias=False, dtype=dt, name="kv")(g)
     kv = conv(2 * c, 3, 2 * c, use_bias=False, groups=2 * c, dtype=dt, name="kv_dwconv")(kv)
-    k, v = jnp.split(kv, 2, axis=-1)
 
-    b, h, w, _ = x.shape
-    def per_head(t):  # 'b h w (head c)' -> 'b head c (h w)', as the release's rearrange
-      return t.reshape(b, h * w, heads, c // heads).transpose(0, 2, 3, 1)
-
-    q, k, v = per_head(q.astype(jnp.float32)), per_head(k.astype(jnp.float32)), per_head(v)
-    q, k = l2_normalize(q), l2_normalize(k)
-    attn = jax.nn.softmax(jnp.einsum("bhcn,bhdn->bhcd", q, k) * temperature, axis=-1)
-    out = jnp.einsum("bhcd,bhdn->bhcn", attn.astype(v.dtype), v)
-    out = out.transpose(0, 3, 1, 2).reshape(b, h, w, c)
+    # Channels last, as the convolutions leave them, and the pixels summed over in place:
+    # the release's per-head 'b (head c) h w -> b head c (h w)' (or any reshape of the maps)
+    # would be a transposed copy of each map on GPUs and TPUs; the (C x C) products below need
+    # none. Keys and values stay one (2C)-channel map (k = kv[..., :C], v = kv[..., C:]):
+    # split, both halves would be copied; the products take the halves by their zero or
+    # unused rows instead.
+    keys = lambda t, axis: jax.lax.slice_in_dim(t, 0, c, axis=axis)  # noqa: E731  k's part
+    gram = keys(jnp.einsum("bhwc,bhwd->bcd", q, kv, preferred_element_type=jnp.float32), 2)
+    # Each norm's reciprocal apart: their product (1e-24 at eps) would square to 0 in float32.
+    k_norm = keys(l2_norm(kv, (1, 2)), 1)
+    logits = gram * (1 / l2_norm(q, (1, 2)))[:, :, None] * (1 / k_norm)[:, None, :]
+    logits = logits * jnp.repeat(temperature.reshape(heads), c // heads)[None, :, None]
+    head = np.arange(c) // (c // heads)  # channel i belongs to head i // (C / heads)
+    attn = jax.nn.softmax(jnp.where(head[:, None] == head[None, :], logits, -jnp.inf), axis=-1)
+    keys_out = jnp.zeros(attn.shape, jnp.float32)  # k's rows of the map that mixes (k, v)
+    mix = jnp.concatenate([keys_out, jnp.swapaxes(attn, 1, 2)], axis=1).astype(kv.dtype)
+    out = jnp.einsum("bhwd,bdc->bhwc", kv, mix)  # attn v, per pixel
     return conv(c, 1, c, use_bias=False, dtype=dt, name="project_out")(out)
 
 

@@ -55,6 +55,9 @@ class SFMNet(nn.Module):
     remat: recompute each FreqBlock, ResidualGroup and FuseBlock in the
       backward pass instead of storing its activations (`nn.remat`): the
       same numbers and parameters, less memory, more compute.
+    spectral_transform: the FreqBlocks' rfft2/irfft2 by FFT ("fft", the
+      release's) or by DFT matrix products ("dft": what TPUs run best; the same
+      values to float32 rounding, see `spectral.py`).
   """
 
   num_features: int = 64
@@ -63,6 +66,7 @@ class SFMNet(nn.Module):
   share_fusion_attention: bool = True
   dtype: Dtype = jnp.float32
   remat: bool = False
+  spectral_transform: str = "fft"
 
   def __call__(self, lr_up):
     check_image_batch(lr_up)
@@ -77,7 +81,7 @@ class SFMNet(nn.Module):
     seq = sequential
 
     def freq():
-      return freq_cls(c, dtype=dt)
+      return freq_cls(c, dtype=dt, transform=self.spectral_transform)
 
     def group():
       return group_cls(c, n, dtype=dt)

@@ -29,7 +29,7 @@ from flax.traverse_util import flatten_dict
 from jax.experimental import multihost_utils
 
 from sfmnet_jax import devices, runtime
-from sfmnet_jax.data import pipeline as ip
+from sfmnet_jax.data import pipeline
 from sfmnet_jax.data import sources
 from sfmnet_jax.data.visualize import save_png
 from sfmnet_jax.evaluation.splits import evaluate_split, sample_grid
@@ -180,7 +180,7 @@ def train_and_evaluate(config, workdir: str):
 
   scale = config.data.scale
   train_split, test_split = _get_splits(config.data)
-  sharding = ip.Sharding(config.batch_size, jax.process_index(), jax.process_count(),
+  sharding = pipeline.Sharding(config.batch_size, jax.process_index(), jax.process_count(),
                          jax.local_device_count())
   steps_per_epoch = train_split.num_examples // config.batch_size
   num_steps = config.num_train_steps if config.num_train_steps > 0 \
@@ -196,7 +196,7 @@ def train_and_evaluate(config, workdir: str):
     data_state = meta["data"]
     start_step = int(state.step)
     logging.info("Resuming from %s at step %d", mngr.directory, start_step)
-  train_iter = ip.TrainIterator(train_split, scale, sharding, seed=config.seed,
+  train_iter = pipeline.TrainIterator(train_split, scale, sharding, seed=config.seed,
                                 start_step=start_step, augment_flip=config.data.augment_flip,
                                 patch_size=config.data.patch_size)
   if data_state is not None:
@@ -228,7 +228,7 @@ def train_and_evaluate(config, workdir: str):
         p_state.ema_params if p_state.ema_params is not None else p_state.generator["params"])
     limit = 1 if warm_up else (config.eval_limit if config.eval_limit > 0 else None)
     result = evaluate_split(p_forward, devices.replicate(params), test_split, scale,
-                            ip.Sharding(config.eval_batch_size, jax.process_index(),
+                            pipeline.Sharding(config.eval_batch_size, jax.process_index(),
                                         jax.process_count(), jax.local_device_count()),
                             limit=limit)
     if is_main:

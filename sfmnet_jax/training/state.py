@@ -5,7 +5,8 @@ trains and what the benchmarks time; they import no input pipeline (no
 TensorFlow), so a bare accelerator host can use them. Every network goes
 through `sfmnet_jax.cpu.accelerate` with the config's `model.conv_impl`: on
 a GPU or TPU (or with "xla") it is the plain Flax module. Initial parameters
-come from `sfmnet_jax.cpu.init.init_params` (`model.init` off the CPU).
+come from each network's own `init_variables` (an accelerated module draws
+them on the host; the plain module draws the same values on every host).
 """
 
 import dataclasses
@@ -14,10 +15,9 @@ import logging
 import jax
 import numpy as np
 
-from sfmnet_jax.cpu.init import init_params
-from sfmnet_jax.cpu.intercept import accelerate
+from sfmnet_jax.cpu import accelerate
 from sfmnet_jax.model.discriminators import FrequencyDiscriminator, SpatialDiscriminator
-from sfmnet_jax.model.generator import DTYPES, SFMNet
+from sfmnet_jax.model.generator import DTYPES, SFMNet, init_variables
 from sfmnet_jax.training import steps
 from sfmnet_jax.weights import checkpoints
 
@@ -30,22 +30,35 @@ def _accelerate(config, module, platform=None):
                     config.model.get("cpu_trig", "poly"))
 
 
+def spectral_transform(config, platform=None) -> str:
+  """`model.spectral_transform`: "fft" or "dft" as given, and "auto": "dft" for programs that
+  run on a TPU, which has no FFT unit (its compiler makes an FFT matrix products in a
+  channels-first layout, a transpose of every feature map each way), "fft" elsewhere."""
+  name = config.model.get("spectral_transform", "auto")
+  if name != "auto":
+    return name
+  return "dft" if (platform or jax.default_backend()) == "tpu" else "fft"
+
+
 def build_model(config, platform=None) -> SFMNet:
   """The config's generator, as it runs on `platform` (default: JAX's default backend)."""
   fields = {k: config.model[k] for k in ARCHITECTURE if k in config.model}
-  return _accelerate(config, SFMNet(**fields, dtype=DTYPES[config.dtype]), platform)
+  model = SFMNet(**fields, dtype=DTYPES[config.dtype],
+                 spectral_transform=spectral_transform(config, platform))
+  return _accelerate(config, model, platform)
 
 
 def _initial_generator(config, model, platform):
   """(model, params): fresh weights, or `init_from` with the architecture it records."""
   if not config.init_from:
-    return model, init_params(model, config.seed, platform=platform)
+    return model, init_variables(model, config.seed)["params"]
   loaded, variables, info = checkpoints.load_generator(
       config.init_from, use_ema=config.init_from_ema, scale=config.data.scale,
       configured=checkpoints.model_meta(model), conv_impl="xla")
   logging.info("Generator initialised from %s (step %s, ema=%s)", config.init_from,
                info["step"], info["ema"])
-  loaded = loaded.clone(dtype=DTYPES[config.dtype], remat=config.model.get("remat", False))
+  loaded = loaded.clone(dtype=DTYPES[config.dtype], remat=config.model.get("remat", False),
+                        spectral_transform=spectral_transform(config, platform))
   return _accelerate(config, loaded, platform), variables["params"]
 
 
@@ -73,13 +86,13 @@ def create_state(config, model, platform=None):
   from sfmnet_jax.weights import vgg  # pylint: disable=g-import-not-at-top
   vgg_model, vgg_params = vgg.load_perceptual_network(config.perceptual)
   d_tx = steps.adam(config.d_optimizer, flatten_optimizer(config.d_optimizer, platform))
-  d_spa, d_fre = SpatialDiscriminator(), FrequencyDiscriminator()
+  d_spa = _accelerate(config, SpatialDiscriminator(), platform)
+  d_fre = _accelerate(config, FrequencyDiscriminator(), platform)
   size = (config.data.patch_size or 128,) * 2  # the discriminators see training crops
-  d_params = (init_params(d_spa, config.seed + 1, size, platform),
-              init_params(d_fre, config.seed + 2, size, platform))
+  d_params = (init_variables(d_spa, config.seed + 1, size)["params"],
+              init_variables(d_fre, config.seed + 2, size)["params"])
   state = steps.new_state(g_params, tx, seed=config.seed, ema=ema, d_params=d_params, d_tx=d_tx)
-  static.update(d_spa_model=_accelerate(config, d_spa, platform),
-                d_fre_model=_accelerate(config, d_fre, platform),
+  static.update(d_spa_model=d_spa, d_fre_model=d_fre,
                 vgg_model=_accelerate(config, vgg_model, platform), d_tx=d_tx)
   return state, static, vgg_params
 

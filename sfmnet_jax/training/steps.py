@@ -102,7 +102,8 @@ def _commit(state: TrainState, ok, ema_decay: float, **updates) -> TrainState:
                                    nets["generator"]["params"])
     return state.replace(ema_params=ema, **nets)
 
-  new = jax.lax.cond(ok, apply, lambda state: state, state)
+  with jax.named_scope("optimizer"):
+    new = jax.lax.cond(ok, apply, lambda state: state, state)
   return new.replace(step=state.step + 1,
                      skipped_updates=state.skipped_updates + (1 - ok.astype(jnp.int32)))
 
@@ -111,7 +112,8 @@ def psnr_loss_and_grads(params, batch, *, model, cfg):
   """((loss, terms), gradients) of the PSNR-stage loss on this device's batch."""
   def loss_fn(params):
     img_out, img_fre = model.apply({"params": params}, batch["lr_up"])
-    return losses.reconstruction_losses(img_out, img_fre, batch["hr"], cfg.loss.freq_weight)
+    with jax.named_scope("loss"):
+      return losses.reconstruction_losses(img_out, img_fre, batch["hr"], cfg.loss.freq_weight)
 
   return jax.value_and_grad(loss_fn, has_aux=True)(params)
 
@@ -120,8 +122,9 @@ def psnr_step(state: TrainState, batch, *, model, tx, cfg):
   """PSNR stage: L1(out) + L1(fre) + 0.01 (amplitude + phase) L1, one Adam update."""
   (loss, terms), grads = psnr_loss_and_grads(state.generator["params"], batch, model=model,
                                              cfg=cfg)
-  grads = jax.lax.pmean(grads, AXIS)
-  metrics = jax.lax.pmean({"loss": loss, **terms}, AXIS)
+  with jax.named_scope("allreduce"):
+    grads = jax.lax.pmean(grads, AXIS)
+    metrics = jax.lax.pmean({"loss": loss, **terms}, AXIS)
   ok = _finite(grads, metrics["loss"])
   metrics["grad_norm"] = optax.tree.norm(grads)
   metrics["finite"] = ok.astype(jnp.float32)
@@ -150,6 +153,10 @@ def gan_step(state: TrainState, batch, vgg_params, *, model, d_spa_model, d_fre_
 
   def g_loss_fn(params):
     img_out, img_fre = model.apply({"params": params}, lr_up)
+    with jax.named_scope("loss"):
+      return g_losses(img_out, img_fre)
+
+  def g_losses(img_out, img_fre):
     rec, terms = losses.reconstruction_losses(img_out, img_fre, hr, cfg.loss.freq_weight)
     perc = losses.perceptual_loss(features, img_out, hr, cfg.gan.release_perceptual_detach)
     adv_spa = losses.bce_with_logits(
@@ -170,8 +177,9 @@ def gan_step(state: TrainState, batch, vgg_params, *, model, d_spa_model, d_fre_
     def loss(params):
       def logits(x):
         return d_model.apply({"params": params}, x)
-      return losses.discriminator_loss(logits, noisy(hr, k_real), noisy(fake, k_fake), weight,
-                                       detach_fake)
+      with jax.named_scope("loss"):
+        return losses.discriminator_loss(logits, noisy(hr, k_real), noisy(fake, k_fake), weight,
+                                         detach_fake)
     return loss
 
   ds_loss, ds_grads = jax.value_and_grad(
@@ -179,9 +187,10 @@ def gan_step(state: TrainState, batch, vgg_params, *, model, d_spa_model, d_fre_
   df_loss, df_grads = jax.value_and_grad(
       d_loss_fn(d_fre_model, cfg.loss.adv_frequency_weight, cfg.gan.release_dfre_detach,
                 noise_keys[4], noise_keys[5]))(d_fre["params"])
-  g_grads, ds_grads, df_grads = jax.lax.pmean((g_grads, ds_grads, df_grads), AXIS)
-  metrics = jax.lax.pmean({"loss": g_loss, "d_spatial_loss": ds_loss, "d_frequency_loss": df_loss,
-                           **terms}, AXIS)
+  with jax.named_scope("allreduce"):
+    g_grads, ds_grads, df_grads = jax.lax.pmean((g_grads, ds_grads, df_grads), AXIS)
+    metrics = jax.lax.pmean({"loss": g_loss, "d_spatial_loss": ds_loss,
+                             "d_frequency_loss": df_loss, **terms}, AXIS)
   ok = _finite(g_grads, ds_grads, df_grads, metrics["loss"], metrics["d_spatial_loss"],
                metrics["d_frequency_loss"])
   metrics["grad_norm"] = optax.tree.norm(g_grads)

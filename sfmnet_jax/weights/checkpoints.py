@@ -21,7 +21,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from sfmnet_jax.cpu import intercept
+from sfmnet_jax.cpu import accelerate
 from sfmnet_jax.model.generator import SFMNet, compute_dtype
 from sfmnet_jax.weights.release import load_release_weights
 
@@ -135,7 +135,7 @@ def load_generator(path, *, use_ema: bool = True, dtype=None, scale: Optional[in
     if wanted != model_meta(model):
       logging.warning("%s holds a generator with %s, the config says %s: using the "
                       "checkpoint's", path, model_meta(model), wanted)
-  return (intercept.accelerate(model, conv_impl, conv_algorithm, trig=cpu_trig), variables,
+  return (accelerate(model, conv_impl, conv_algorithm, trig=cpu_trig), variables,
           info)
 
 

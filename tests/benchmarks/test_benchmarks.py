@@ -1,5 +1,5 @@
-"""The benchmarks' output (not their timings): rows, FLOP counts, cost analysis and roofline
-estimates for accelerators, the release comparison's rounds, the profile's attribution."""
+"""The benchmarks' output (not their timings): rows, FLOP counts, the release comparison's
+rounds, the profile's attribution, the input pipeline's counts."""
 
 import json
 import sys
@@ -7,8 +7,7 @@ import sys
 import jax
 import pytest
 
-from sfmnet_jax.benchmarks import __main__ as benchmark
-from sfmnet_jax.benchmarks import roofline
+from sfmnet_jax.apps import benchmark
 
 
 def test_compare_without_torch_says_how_to_get_it(monkeypatch, capsys):
@@ -21,7 +20,7 @@ def test_compare_without_torch_says_how_to_get_it(monkeypatch, capsys):
 def test_compare_rounds_alternate_and_take_medians(monkeypatch, tmp_path):
   """--rounds=3: release and port take turns; each side's median time and the median
   of the rounds' ratios (not the ratio of medians) are reported."""
-  from sfmnet_jax.benchmarks import release as benchmark_release  # pylint: disable=g-import-not-at-top
+  from sfmnet_jax.benchmarks import versus_release as benchmark_release  # pylint: disable=g-import-not-at-top
   calls, release_s, port_s = [], iter([2.0, 3.0, 10.0]), iter([1.0, 1.0, 4.0])
 
   class FakeTorch:
@@ -31,12 +30,12 @@ def test_compare_rounds_alternate_and_take_medians(monkeypatch, tmp_path):
     def get_num_threads():
       return 2
 
-  def fake_release(release_dir, width, repeats, warmup_steps):
-    calls.append(("release", width))
+  def fake_release(release_dir, width, repeats, warmup_steps, num_resblocks):
+    calls.append(("release", width, num_resblocks))
     return {"psnr_step_b8": next(release_s), "device": "cpu"}
 
-  def fake_port(width, repeats, conv_algorithm="auto"):  # pylint: disable=unused-argument
-    calls.append(("port", width))
+  def fake_port(config, width, repeats, conv_algorithm="auto"):  # pylint: disable=unused-argument
+    calls.append(("port", width, config.model.num_resblocks))
     return {"psnr_step_b8": next(port_s)}, {"psnr_step_b8": 5.0}
 
   monkeypatch.setattr(benchmark_release, "load_release_generator", lambda d: (None, FakeTorch))
@@ -44,15 +43,18 @@ def test_compare_rounds_alternate_and_take_medians(monkeypatch, tmp_path):
   monkeypatch.setattr(benchmark_release, "time_port", fake_port)
   out = tmp_path / "c.json"
   assert benchmark.main(["compare", "--release_dir=x", "--widths=16", "--conv_algorithms=auto",
-                         "--rounds=3", f"--output={out}"]) == 0
-  assert calls == [("release", 16), ("port", 16)] * 3
+                         "--rounds=3", "--config.model.num_resblocks=3", f"--output={out}"]) == 0
+  assert calls == [("release", 16, 3), ("port", 16, 3)] * 3
   row, = json.loads(out.read_text())["rows"]
   assert row["rounds_speedup"] == [2.0, 3.0, 2.5]
   assert (row["release_s"], row["port_s"], row["speedup"]) == (3.0, 1.0, 2.5)
 
 
-@pytest.mark.parametrize("argv, message", [(["nonsense"], "unknown benchmark"),
-                                           (["model", "--batch_sizes=x"], "batch_sizes")])
+@pytest.mark.parametrize("argv, message", [
+    (["nonsense"], "unknown command 'nonsense'"), (["model", "--batch_sizes=x"], "batch_sizes"),
+    (["model", "--config.model.no_such_field=1"], "no_such_field"),
+    (["aot", "--num_features=8"], "num_features"),  # the model's width is a config field
+    (["twin"], "twin needs --output")])
 def test_benchmark_usage_errors(argv, message, capsys):
   assert benchmark.main(argv) == 2
   assert message in capsys.readouterr().err
@@ -98,45 +100,23 @@ def test_profile_names_each_op_by_kind_and_block():
   assert all(op["name"] in table for op in result["top_ops"])
 
 
-def test_roofline_estimates_are_the_larger_of_compute_and_memory_time():
-  device = roofline.Device("Test chip", "tpu", {"float32": 100.0, "bfloat16": 200.0}, 2.0, "-")
-  cost = {"flops": 1e12, "bytes_accessed": 4e12}  # 10 ms of compute, 2 s of memory traffic
-  r = roofline.roofline(cost, device, "float32")
-  assert r["compute_bound_s"] == pytest.approx(0.01) and r["memory_bound_s"] == pytest.approx(2.0)
-  assert r["estimate_s"] == pytest.approx(2.0) and r["bound"] == "memory"
-  assert roofline.roofline({"flops": 1e15, "bytes_accessed": 1.0}, device, "bfloat16")[
-      "bound"] == "compute"
-
-
-def test_model_benchmark_rows_cost_analysis_and_labelled_estimates(tmp_path, capsys):
-  """`benchmark model`: timed forward rows whose FLOPs scale with the batch, and the PSNR step
-  and the forward lowered for a GPU and a TPU (the plain model, nothing runs there) with
-  XLA's FLOP and byte counts and roofline estimates."""
+def test_model_benchmark_rows_and_flops(tmp_path, capsys):
+  """`benchmark model` of the config given (its overrides applied): timed forward rows whose
+  FLOPs (XLA's count of the plain model) scale with the batch."""
   out = tmp_path / "bench.json"
-  assert benchmark.main(["model", "--num_features=8", "--size=32", "--batch_sizes=1,2",
-                         "--train_batch=4", "--stages=psnr", "--repeats=2", "--notrain",
-                         f"--output={out}"]) == 0
-  printed = capsys.readouterr().out
-  assert "ESTIMATED roofline" in printed and "not measured" in printed
+  assert benchmark.main(["model", "--config=configs/demo.py", "--config.model.num_features=8",
+                         "--config.data.patch_size=32", "--batch_sizes=1,2", "--repeats=2",
+                         "--notrain", f"--output={out}"]) == 0
+  assert "SFMNet C=8, 32x32" in capsys.readouterr().out
   result = json.loads(out.read_text())
   assert result["size"] == 32 and result["num_features"] == 8 and result["dtype"] == "float32"
+  assert result["config"]["model"]["num_resblocks"] == 1  # the demo config's
   b1, b2 = result["rows"]
   assert (b1["name"], b2["name"]) == ("forward_b1", "forward_b2")
   assert all(len(row["times_s"]) == 2 for row in (b1, b2))
   # XLA's FLOP count is per call: twice the images, twice the FLOPs (to 1%).
   assert abs(b2["gflop_per_call"] / b1["gflop_per_call"] - 2) < 0.02
   assert result["machine"]["platform"] == jax.default_backend() and result["machine"]["device"]
-  estimates = result["accelerator_estimates"]
-  step, forward = estimates["psnr_step_b4"], estimates["forward_b1"]
-  assert [r["device"] for r in step] == [d.name for d in roofline.DEVICES]
-  assert {r["platform"] for r in step} == {"cuda", "tpu"}
-  for r in step + forward:
-    assert r["flops"] > 0 and r["bytes_accessed"] > 0 and r["estimate_s"] > 0
-  # A training step (forward, backward, Adam) of 4 images costs more than 4 forwards of 1.
-  assert step[0]["flops"] > 4 * forward[0]["flops"]
-  # The accelerators' count of the forward is the CPU row's to 20% (on the CPU the C++
-  # kernels' FLOPs are counted by formula, and the phase is another program).
-  assert abs(forward[0]["flops"] / (b1["gflop_per_call"] * 1e9) - 1) < 0.2
 
 
 def test_prepare_benchmark_compares_outputs_and_estimates_from_the_rate(tmp_path, capsys):

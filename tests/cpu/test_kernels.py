@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from sfmnet_jax.cpu import kernels as cpu_kernels
+from sfmnet_jax import host
 from sfmnet_jax.cpu import ops, process
 
 pytestmark = pytest.mark.skipif(not cpu_kernels.available(),
@@ -307,7 +308,7 @@ def kernel_outputs(path=None):
   return out
 
 
-@pytest.mark.skipif("avx512f" not in process.cpu_vector_extensions().split(),
+@pytest.mark.skipif("avx512f" not in host.cpu_vector_extensions().split(),
                     reason="no AVX-512 here: both builds are the same AVX2 code")
 def test_avx512_and_avx2_builds_give_the_same_bits(tmp_path):
   """The 16-lane kernels (8 x 32 and 16 x 16 register tiles) sum the same products in
@@ -346,27 +347,3 @@ def test_unavailable_kernels_fall_back_to_xla_with_a_warning(tmp_path, monkeypat
   assert "no C++ compiler" in caplog.text and "XLA" in caplog.text
   monkeypatch.setenv("SFMNET_CPU_KERNELS", "0")
   assert not cpu_kernels.enabled()
-
-
-def test_benchmark_counts_the_kernels_flops():
-  """XLA's cost analysis counts no custom call; `custom_call_flops` adds 2 N H W per weight."""
-  x = np.zeros((2, 6, 5, 4), np.float32)
-  g = np.zeros((2, 6, 5, 8), np.float32)
-
-  def both(x, g):
-    dw = ops._grouped_conv_kernel_grad  # pylint: disable=protected-access
-    return (cpu_kernels.conv3x3_kernel_grad(x, g), cpu_kernels.depthwise3x3_kernel_grad(x, x, dw),
-            cpu_kernels.conv3x3(x, jnp.zeros((3, 3, 4, 8))), ops.depthwise3x3(x, x[0, :3, :3]),
-            cpu_kernels.conv1x1(x, jnp.zeros((4, 8))), cpu_kernels.conv1x1_kernel_grad(x, g),
-            cpu_kernels.channel_sum(g), cpu_kernels.conv1x1_kernel_grad(x, g, per_image=True),
-            cpu_kernels.conv1x1(x, jnp.zeros((2, 4, 8))))
-
-  # Per weight and pixel one multiply-add: the two kernel gradients, the dense conv,
-  # the depthwise conv, the 1x1 conv and its kernel gradient (2 N H W times 9 Ci Co,
-  # 9 C, 9 Ci Co, 9 C, Ci Co, Ci Co); the channel sum, one add per element of g; the
-  # per-image products (each image's 30 pixels times its own Ci Co weights).
-  want = (2 * 60 * (9 * 4 * 8) * 2 + 2 * 60 * (9 * 4) * 2 + 2 * 60 * (4 * 8) * 2
-          + 60 * 8 + 2 * 2 * 30 * (4 * 8) * 2)
-  lowered = jax.jit(both).lower(x, g)
-  assert cpu_kernels.custom_call_flops(lowered.as_text("hlo")) == want
-  assert cpu_kernels.custom_call_flops(lowered.compile().as_text()) == want

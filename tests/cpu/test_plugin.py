@@ -16,6 +16,7 @@ from sfmnet_jax import cpu
 from sfmnet_jax.cpu import init as cpu_init
 from sfmnet_jax.cpu import kernels, ops
 from sfmnet_jax.model import SFMNet, abstract_variables, layers
+from sfmnet_jax.model.generator import init_variables
 from sfmnet_jax.model import discriminators as D
 from sfmnet_jax.model.blocks import ChannelAttention, FreqBlock, FuseBlock, ResidualGroup
 from sfmnet_jax.weights.release import params_to_state_dict
@@ -328,8 +329,20 @@ def test_host_init_follows_the_modules_initialisers():
   for model, size in ((SFMNet(num_features=8), (16, 16)), (D.FrequencyDiscriminator(), (16, 16))):
     leaves = flax.traverse_util.flatten_dict(abstract_variables(model, size)["params"])
     assert {p[-1] for p in leaves} <= covered
-  # On the CPU backend `init_params` is this initialiser.
+
+
+
+@needs_kernels
+def test_an_accelerated_module_initialises_on_the_host():
+  """The accelerated module's `lazy_init` and `init` (what `init_variables` and Flax call)
+  are `host_init` seeded by the key's bits; the plain module's are its own initialisers."""
   model = SFMNet(num_features=8, num_resblocks=1)
-  got = cpu_init.init_params(model, 3, platform="cpu")
-  want = cpu_init.host_init(abstract_variables(model, (8, 8))["params"], 3)
-  jax.tree_util.tree_map(np.testing.assert_array_equal, got, want)
+  fast = cpu.accelerate(model)
+  seed = np.asarray(jax.random.key_data(jax.random.key(3))).ravel().tolist()
+  want = cpu_init.host_init(abstract_variables(model, (8, 8))["params"], seed)
+  x = jnp.zeros((1, 8, 8, 3))
+  for got in (init_variables(fast, 3)["params"], fast.init(jax.random.key(3), x)["params"]):
+    jax.tree_util.tree_map(np.testing.assert_array_equal, got, want)
+  plain = init_variables(model, 3)["params"]
+  assert not np.array_equal(plain["head"]["layers_0"]["layers"]["kernel"],
+                            want["head"]["layers_0"]["layers"]["kernel"])

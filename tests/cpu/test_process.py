@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from helpers import REPO
+from sfmnet_jax import host
 from sfmnet_jax.cpu import block_cache, process
 
 # Prints the process's settings at every interpreter start (a re-execution starts again),
@@ -44,9 +45,9 @@ def test_configure_xla_flags_adds_respects_and_can_be_disabled():
 def test_accelerator_hosts_get_no_cpu_settings(monkeypatch, platforms, plugins, chips,
                                                accelerator):
   env = {"JAX_PLATFORMS": platforms} if platforms else {}
-  monkeypatch.setattr(process, "installed_accelerator_plugins", lambda: plugins)
-  monkeypatch.setattr(process, "tpu_chips_present", lambda: chips)
-  assert process.accelerator_host(env) == accelerator
+  monkeypatch.setattr(host, "installed_accelerator_plugins", lambda: plugins)
+  monkeypatch.setattr(host, "tpu_chips_present", lambda: chips)
+  assert host.accelerator_host(env) == accelerator
   monkeypatch.setattr(process.platform, "system", lambda: "Linux")
   monkeypatch.setattr(process.platform, "libc_ver", lambda: ("glibc", "2.36"))
   monkeypatch.setattr(process, "_thp_mode", lambda: "madvise")
@@ -96,7 +97,7 @@ def test_entry_points_change_nothing_on_accelerator_hosts(tmp_path):
   dist.mkdir(parents=True)
   (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: jax-cuda12-plugin\n"
                                  "Version: 0.10.2\n")
-  starts = _entry_point_starts(tmp_path, ["-m", "sfmnet_jax.benchmarks", "--help"],
+  starts = _entry_point_starts(tmp_path, ["-m", "sfmnet_jax.apps.benchmark", "model", "--help"],
                                extra_paths=[str(site)])
   assert starts == ([["", ""]], ""), starts
 

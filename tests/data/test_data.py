@@ -11,7 +11,7 @@ import skimage.data
 from PIL import Image
 
 from sfmnet_jax.data import astronaut, demo_render, image_io, resize, sources
-from sfmnet_jax.data import pipeline as ip
+from sfmnet_jax.data import pipeline
 
 
 def pil_resize(image, size):
@@ -62,7 +62,7 @@ def _write_folder(root, images, lr=None, lr_dir="LR_bicubic", names=None):
 
 
 def _all_eval(split, scale, batch=4, **kw):
-  return list(ip.eval_dataset(split, scale, ip.Sharding(batch, **kw)).as_numpy_iterator())
+  return list(pipeline.eval_dataset(split, scale, pipeline.Sharding(batch, **kw)).as_numpy_iterator())
 
 
 def _as_uint8(x):
@@ -240,7 +240,7 @@ def demo_split(tmp_path_factory):
 
 
 def _take(split, n, start=0, seed=0, **kw):
-  it = ip.TrainIterator(split, 8, ip.Sharding(8, **kw), seed=seed, start_step=start)
+  it = pipeline.TrainIterator(split, 8, pipeline.Sharding(8, **kw), seed=seed, start_step=start)
   return [next(it) for _ in range(n)], it
 
 
@@ -261,10 +261,10 @@ def test_train_batches_shape_order_and_exact_resume(demo_split):
 def test_each_epoch_visits_distinct_examples_and_processes_split_batches():
   n, g = 20, 8
   for epoch in range(3):
-    seen = np.concatenate([ip.train_batch_indices(7, epoch * 2 + s, n, g) for s in range(2)])
+    seen = np.concatenate([pipeline.train_batch_indices(7, epoch * 2 + s, n, g) for s in range(2)])
     assert len(set(seen.tolist())) == 16
-  batch = ip.train_batch_indices(7, 5, n, g)
-  parts = [ip.Sharding(g, p, 2, 2).local_slice(batch) for p in range(2)]
+  batch = pipeline.train_batch_indices(7, 5, n, g)
+  parts = [pipeline.Sharding(g, p, 2, 2).local_slice(batch) for p in range(2)]
   np.testing.assert_array_equal(np.concatenate(parts), batch)
 
 
@@ -280,7 +280,7 @@ def test_eval_visits_every_image_exactly_once(tmp_path, processes):
   split = sources.get_split(_cfg(tmp_path, source="demo"), "test")  # 6 images
   seen = []
   for p in range(processes):
-    for b in ip.eval_dataset(split, 8, ip.Sharding(4, p, processes, 2 // processes)):
+    for b in pipeline.eval_dataset(split, 8, pipeline.Sharding(4, p, processes, 2 // processes)):
       idx, mask = b["index"].numpy().ravel(), b["mask"].numpy().ravel()
       assert np.array_equal(mask, (idx >= 0).astype(np.float32))
       seen += idx[idx >= 0].tolist()
@@ -289,7 +289,7 @@ def test_eval_visits_every_image_exactly_once(tmp_path, processes):
 
 def test_flip_augmentation(demo_split):
   plain, _ = _take(demo_split, 2)
-  it = ip.TrainIterator(demo_split, 8, ip.Sharding(8), seed=0, augment_flip=True)
+  it = pipeline.TrainIterator(demo_split, 8, pipeline.Sharding(8), seed=0, augment_flip=True)
   flipped = [next(it) for _ in range(2)]
   n_flipped = 0
   for a, b in zip(plain, flipped):
@@ -315,5 +315,5 @@ def test_celeba_crop_is_the_centred_square(tmp_path):
       return [{"image": encoded.read_bytes()}]
 
   split = FakeCeleba("celeba:test", None, "test", image_key="image", hr_box=sources.CELEBA_BOX)
-  (batch,) = list(ip.eval_dataset(split, 4, ip.Sharding(1)).as_numpy_iterator())
+  (batch,) = list(pipeline.eval_dataset(split, 4, pipeline.Sharding(1)).as_numpy_iterator())
   np.testing.assert_array_equal(_as_uint8(batch["hr"][0, 0]), pil_resize(image[20:198], (128, 128)))

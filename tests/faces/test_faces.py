@@ -11,7 +11,7 @@ from skimage.transform import SimilarityTransform
 
 from helpers import GOLDEN, raw_face_photos
 from sfmnet_jax.data import astronaut, image_io, sources
-from sfmnet_jax.data import pipeline as ip
+from sfmnet_jax.data import pipeline
 from sfmnet_jax.faces import alignment, photo, prepare
 from sfmnet_jax.faces import detection as face_detection
 from sfmnet_jax.weights import convert
@@ -124,7 +124,7 @@ def x4_model(tmp_path_factory):
 def test_whole_photo_restoration_changes_only_the_faces(x4_model):
   model, variables = x4_model
   image, centres = astronaut.astronaut_group_photo(3, (240, 360), 14.0, seed=1)
-  result = photo.restore_photo(image, model, variables, 4)
+  result = photo.restore_photo(image, {4: photo.as_generator(model, variables)})
   assert len(result.faces) == 3 and all(f.status == "restored" for f in result.faces)
   assert result.restored.shape == (240 * 4, 360 * 4, 3)
   plain = np.asarray(Image.fromarray(image).resize((360 * 4, 240 * 4), Image.BICUBIC))
@@ -147,7 +147,7 @@ def test_whole_photo_restoration_changes_only_the_faces(x4_model):
   for cx, cy in centres:
     assert any(f.face.box[0] <= cx <= f.face.box[2] for f in result.faces)
   # A face too large for x4 is left as it is (and reported).
-  large = photo.restore_photo(image, model, variables, 4,
+  large = photo.restore_photo(image, {4: photo.as_generator(model, variables)},
                               faces=[photo.PhotoFace(1, result.faces[0].face,
                                                      result.faces[0].transform / [[3], [3], [1]])])
   assert large.faces[0].status == "too_large"
@@ -164,9 +164,9 @@ def test_each_face_goes_to_the_scale_that_suits_it(x4_model):
   image, _ = astronaut.astronaut_group_photo(2, (200, 300), 12.0, seed=3)
   faces = photo.find_faces(image, alignment.get_convention("celeba"), "auto")
   assert len(faces) == 2 and all(16 < f.crop_side <= 32 for f in faces)  # x8 leaves, x4 takes
-  single = photo.restore_photo(image, model, variables, 8, faces=faces)
+  single = photo.restore_photo(image, {8: generator}, faces=faces)
   assert [f.status for f in single.faces] == ["too_large"] * len(faces)
-  both = photo.restore_photo(image, model, variables, 8, others={4: generator})
+  both = photo.restore_photo(image, {8: generator, 4: generator})
   assert both.scale == 8 and both.restored.shape == (1600, 2400, 3)
   assert all(f.status == "restored" and f.scale == 4 and f.lr.shape == (32, 32, 3)
              for f in both.faces)
@@ -203,7 +203,7 @@ def test_prepare_writes_a_dataset_that_training_and_evaluation_read(tmp_path):
   import ml_collections
   split = sources.get_split(ml_collections.ConfigDict(cfg), "train")
   assert split.num_examples == 3
-  batch = next(ip.TrainIterator(split, 8, ip.Sharding(2), seed=0))
+  batch = next(pipeline.TrainIterator(split, 8, pipeline.Sharding(2), seed=0))
   assert batch["lr"].shape == (1, 2, 16, 16, 3) and batch["hr"].shape == (1, 2, 128, 128, 3)
   # Too small for HR: skipped and counted.
   small = prepare.prepare(str(raw), str(tmp_path / "strict"), "celeba", detector="hog",

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import helpers
 from configs import demo
 from sfmnet_jax.devices import AXIS
 from sfmnet_jax.training import losses, state as training, steps as train_steps
@@ -25,13 +26,7 @@ def tiny_config(tfds_dir, **overrides):
   cfg.eval_every = 1000
   cfg.num_sample_images = 1
   cfg.optimizer.eps = 1e-3  # smooth Adam updates: comparisons across device counts are stable
-  for key, value in overrides.items():
-    node = cfg
-    *path, leaf = key.split(".")
-    for p in path:
-      node = node[p]
-    node[leaf] = value
-  return cfg
+  return helpers.override(cfg, overrides)
 
 
 @pytest.fixture(scope="module")

@@ -9,55 +9,12 @@ above 1 means the port is faster), with the CPU model and its vector
 extensions, because absolute times on shared machines vary by up to 2x.
 """
 
-import importlib
 import os
 import statistics
-import sys
-import time
 import types
 
-
-HOW_TO_GET = (
-    "The comparison runs the authors' PyTorch code: install torch and einops "
-    "(pip install torch einops; on this project's machines `pip install torch==2.13.0` takes a "
-    "local CPU wheel) and clone the release: git clone https://github.com/wcy-cs/SFMNet, then "
-    "pass --release_dir=PATH/TO/SFMNet.")
-
-
-class ReleaseUnavailable(RuntimeError):
-  """torch, einops or the release checkout is missing (the message says how to get them)."""
-
-
-def load_release_generator(release_dir: str):
-  """The release's `TwoBranch` class (model/mynet.py or models/mynet.py) and torch."""
-  try:
-    import torch  # pylint: disable=g-import-not-at-top
-    import einops  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
-  except ImportError as e:
-    raise ReleaseUnavailable(f"{e.name or 'torch'} is not installed. {HOW_TO_GET}") from None
-  if not os.path.isfile(os.path.join(release_dir, "models", "common.py")):
-    raise ReleaseUnavailable(f"no release checkout at {release_dir} (models/common.py "
-                             f"missing). {HOW_TO_GET}")
-  sys.path.insert(0, os.path.abspath(release_dir))
-  for name in ("model.mynet", "models.mynet"):
-    try:
-      return importlib.import_module(name).TwoBranch, torch
-    except ModuleNotFoundError:
-      continue
-  raise ReleaseUnavailable(f"{release_dir}: no model/mynet.py or models/mynet.py. {HOW_TO_GET}")
-
-
-def _median_time(fn, repeats, sync=lambda: None, warmup=1):
-  for _ in range(warmup):
-    fn()
-    sync()
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    fn()
-    sync()
-    times.append(time.perf_counter() - t0)
-  return statistics.median(times), times
+from sfmnet_jax import runtime
+from sfmnet_jax.parity.checkout import load_release_generator
 
 
 def step_repeats(repeats: int) -> int:
@@ -67,9 +24,9 @@ def step_repeats(repeats: int) -> int:
 
 
 def time_release(two_branch, torch, width, repeats, warmup_steps, train_batch=8,
-                 batch_sizes=(1, 8), train=True):
-  args = types.SimpleNamespace(num_features=width, base_num_every_group=2, num_channels=3,
-                               act="PReLU")
+                 batch_sizes=(1, 8), train=True, num_resblocks=2):
+  args = types.SimpleNamespace(num_features=width, base_num_every_group=num_resblocks,
+                               num_channels=3, act="PReLU")
   torch.manual_seed(0)
   device = "cuda" if torch.cuda.is_available() else "cpu"  # beside JAX on the same device
   sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
@@ -79,7 +36,8 @@ def time_release(two_branch, torch, width, repeats, warmup_steps, train_batch=8,
     net.eval()
     for b in batch_sizes:
       x = torch.rand(b, 3, 128, 128, device=device)
-      out[f"forward_b{b}"], _ = _median_time(lambda x=x: net({"lr_up": x}), repeats, sync)
+      out[f"forward_b{b}"] = statistics.median(runtime.time_calls(
+          lambda x=x: net({"lr_up": x}), repeats, sync=lambda _: sync()))
   out["device"] = torch.cuda.get_device_name() if device == "cuda" else "cpu"
   if not train:
     return out
@@ -99,29 +57,26 @@ def time_release(two_branch, torch, width, repeats, warmup_steps, train_batch=8,
     loss.backward()
     opt.step()
 
-  out[f"psnr_step_b{train_batch}"], _ = _median_time(step, step_repeats(repeats), sync,
-                                                     warmup=warmup_steps)
+  out[f"psnr_step_b{train_batch}"] = statistics.median(runtime.time_calls(
+      step, step_repeats(repeats), warmup=warmup_steps, sync=lambda _: sync()))
   return out
 
 
-def time_port(width, repeats, train_batch=8, batch_sizes=(1, 8), conv_algorithm="auto"):
-  """The port's forward and PSNR step times; `conv_algorithm` is the kernels' algorithm, or
-  "xla" for XLA's ops everywhere (model.conv_impl="xla")."""
+def time_port(config, width, repeats, train_batch=8, batch_sizes=(1, 8), conv_algorithm="auto"):
+  """The port's forward and PSNR step times of `config` at `width`; `conv_algorithm` is the
+  kernels' algorithm, or "xla" for XLA's ops everywhere (model.conv_impl="xla")."""
   import jax  # pylint: disable=g-import-not-at-top
-  from sfmnet_jax.apps import config_files  # pylint: disable=g-import-not-at-top
   from sfmnet_jax.benchmarks import model as bm  # pylint: disable=g-import-not-at-top
-  from sfmnet_jax.cpu.init import init_params  # pylint: disable=g-import-not-at-top
+  from sfmnet_jax.model.generator import init_variables  # pylint: disable=g-import-not-at-top
   from sfmnet_jax.training import state as training  # pylint: disable=g-import-not-at-top
-  config_files.make_importable()
-  from configs import default  # pylint: disable=g-import-not-at-top
-  cfg = default.get_config()
-  cfg.model.num_features = width
+  cfg = config.copy_and_resolve_references()
+  cfg.stage, cfg.model.num_features = "psnr", width
   if conv_algorithm == "xla":
     cfg.model.conv_impl = "xla"
   else:
     cfg.model.conv_algorithm = conv_algorithm
   model = training.build_model(cfg)
-  params = jax.device_put(init_params(model, 0))
+  params = jax.device_put(init_variables(model, 0)["params"])
   out, compile_s = {}, {}
   for b in batch_sizes:
     row = bm.forward(model, params, b, (128, 128), repeats)
@@ -150,7 +105,7 @@ def time_release_apart(release_dir, width, repeats, warmup_steps, **kwargs):
   return result
 
 
-def compare(release_dir, widths, repeats, conv_algorithms=("auto",), rounds=1):
+def compare(release_dir, config, widths, repeats, conv_algorithms=("auto",), rounds=1):
   """Times both implementations per width; returns rows with seconds and ratios.
 
   The port is timed once per entry of `conv_algorithms` (its model.conv_algorithm, or
@@ -160,7 +115,6 @@ def compare(release_dir, widths, repeats, conv_algorithms=("auto",), rounds=1):
   the speed-up the median of the rounds' ratios, so that a machine whose speed
   drifts within the hour weighs on both sides alike.
   """
-  from sfmnet_jax import runtime
   from sfmnet_jax.benchmarks import model as benchmark_model  # pylint: disable=g-import-not-at-top
   _, torch = load_release_generator(release_dir)  # fails early, with instructions
   info = runtime.machine_info()
@@ -172,9 +126,10 @@ def compare(release_dir, widths, repeats, conv_algorithms=("auto",), rounds=1):
     for algorithm in conv_algorithms:
       turns = []  # (release, port, port compile seconds) per round
       for _ in range(max(1, rounds)):
-        release = time_release_apart(release_dir, width, repeats, benchmark_model.WARMUP_STEPS)
+        release = time_release_apart(release_dir, width, repeats, benchmark_model.WARMUP_STEPS,
+                                     num_resblocks=config.model.num_resblocks)
         release_device = release.pop("device")
-        port, compile_s = time_port(width, repeats, conv_algorithm=algorithm)
+        port, compile_s = time_port(config, width, repeats, conv_algorithm=algorithm)
         turns.append((release, port, compile_s))
       for name in turns[0][0]:
         release_s = [t[0][name] for t in turns]

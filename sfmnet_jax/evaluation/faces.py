@@ -1,8 +1,6 @@
-"""`sfmnet-benchmark faces`: recall, false positives and speed of face detection by face size,
-on photos composed from face crops whose place is known, and what restoring them gives.
-
-  sfmnet-benchmark faces [--checkpoint=runs/demo] [--hr_dir=DIR] [--sizes=12,16,20,24,32,48,64]
-                         [--detectors=auto,mtcnn,...] [--photos_per_size=4] [--faces_per_photo=6]
+"""How well are faces found in photos, and what does restoring them give? (`sfmnet-benchmark
+faces`): recall, false positives and speed of face detection by face size, on photos
+composed from face crops whose place is known, and the restored faces' quality.
 
 Each photo holds `faces_per_photo` aligned 128x128 HR face crops (the demo
 faces, the astronaut, and the crops of --hr_dir) shrunk to `size` px (the crop's
@@ -14,7 +12,7 @@ crop's transform, so that
     to 2.5 times that region's; other boxes are false positives. Reported per
     size and detector: recall, false positives per photo, median detection
     seconds per megapixel;
-  - restoration (with --checkpoint): the faces `photo.restore_photo` restores
+  - restoration (with generators): the faces `photo.restore_photo` restores
     after that detection, cut out of the restored photo along the known
     transform at the output scale, against the HR crop resized to that size
     (PSNR on Y, LPIPS), beside the plain bicubic upscale, and how many faces
@@ -237,11 +235,12 @@ def _blazeface_tiles(image, tile=64, up=4):
 _BLAZEFACE = None
 
 
-def _suppress(boxes, iou=0.3):
-  from sfmnet_jax.faces.detection import _iou  # pylint: disable=g-import-not-at-top
+def _suppress(boxes, most=0.3):
+  """The boxes, largest first, without those overlapping a kept one by more than `most`."""
+  from sfmnet_jax.faces.detection import iou  # pylint: disable=g-import-not-at-top
   kept = []
   for b in sorted(boxes, key=lambda b: -(b[2] - b[0])):
-    if all(_iou(b, k) <= iou for k in kept):
+    if all(iou(b, k) <= most for k in kept):
       kept.append(b)
   return kept
 
@@ -266,7 +265,7 @@ def restoration_rows(crops, generator, scale: int, sizes=SIZES, detector="auto",
     for p in range(photos_per_size):
       image, truths = compose(crops, size, faces_per_photo, seed=100 + p)
       faces = photo.find_faces(image, alignment.get_convention("celeba"), detector)
-      result = photo.restore_photo(image, generator, None, scale, faces=faces,
+      result = photo.restore_photo(image, {scale: generator}, faces=faces,
                                    restore_large=restore_large)
       found, _ = match(truths, [f.face.box for f in faces])
       for truth, was_found in zip(truths, found):

@@ -1,7 +1,7 @@
 """The release's side of `sfmnet-benchmark twin`: run in a Python that has torch, beside a
 checkout of the authors' repository (none of whose code is copied here).
 
-  python twin_release.py --release_dir=PATH/TO/SFMNet
+  python twin_worker.py --release_dir=PATH/TO/SFMNet
 
 It imports the release's own model code (`models/`: TwoBranch, the LightCNN
 discriminators), its GAN loss (`loss/gan.py`) and the loss classes its training
@@ -12,15 +12,17 @@ scripts define (`AMPLoss`, `PhaLoss` of `main_two.py`, taken out by name with
 Protocol: one JSON object per line on stdin, one answer per line on stdout
 (everything the release prints goes to stderr); arrays travel as .npz files
 whose paths are in the messages, NCHW float32 on this side.
-  {"cmd": "init", "stage", "width", "seed", "fft_weight", "fftd_weight", "lr",
-   "generator": npz|null, "vgg": npz|null, "out": npz}
+  {"cmd": "init", "stage", "width", "num_resblocks", "seed", "fft_weight", "fftd_weight",
+   "lr", "betas", "eps", "generator": npz|null, "vgg": npz|null, "out": npz}
       builds the networks (torch.manual_seed(seed) then the release's constructors),
       loads `generator` (a state_dict) if given, `vgg` (torchvision VGG19 features.*)
       for the GAN stage, and writes every network's initial state_dict to `out`
       (keys "generator/...", "d_spa/...", "d_fre/...").
   {"cmd": "step", "batch": npz with lr_up, hr (NHWC)}
-      -> {"terms": {...}, "total": float, "seconds": float}
+      -> {"terms": {...}, "total": float, "seconds": float, "finite": bool}
+      (`finite`: every term finite; the release steps its optimisers either way)
   {"cmd": "eval", "batch": npz with lr_up, "out": npz}  -> writes img_out, img_fre (NHWC)
+  {"cmd": "weights", "out": npz}  -> writes every network's current state_dict, as init
   {"cmd": "quit"}
 Numbers are computed where torch computes them (the CPU, or CUDA when present).
 """
@@ -37,10 +39,6 @@ import numpy as np
 
 PROTOCOL_OUT = sys.stdout
 sys.stdout = sys.stderr  # the release's prints must not reach the protocol
-# Run as a script, this file's folder heads sys.path; its neighbours (profile.py, ...) must
-# not shadow the standard library's modules for torch.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
 
 
 def _release_losses(release_dir: str, torch, nn):
@@ -103,7 +101,8 @@ class Release:
     torch, nn = self.torch, self.nn
     import importlib  # pylint: disable=g-import-not-at-top
     self.stage, self.msg = msg["stage"], msg
-    args = types.SimpleNamespace(num_features=msg["width"], base_num_every_group=2,
+    args = types.SimpleNamespace(num_features=msg["width"],
+                                 base_num_every_group=msg.get("num_resblocks", 2),
                                  num_channels=3, act="PReLU", model="mynet", device=self.device)
     torch.manual_seed(msg["seed"])
     self.g = importlib.import_module("models.mynet").make_model(args).to(self.device)
@@ -112,8 +111,9 @@ class Release:
         self.g.load_state_dict({k: torch.from_numpy(d[k]) for k in d.files})
     self.l1 = nn.L1Loss()
     self.amp, self.pha = self.amp_cls(), self.pha_cls()
-    lr = msg["lr"]
-    self.opt = torch.optim.Adam(self.g.parameters(), lr=lr, betas=(0.9, 0.99), eps=1e-8)
+    # main_two.py's and main_GAN.py's Adam: betas (0.9, 0.99), eps 1e-8 (the twin sends them).
+    adam = dict(lr=msg["lr"], betas=tuple(msg.get("betas", (0.9, 0.99))), eps=msg.get("eps", 1e-8))
+    self.opt = torch.optim.Adam(self.g.parameters(), **adam)
     nets = {"generator": self.g}
     if self.stage == "gan":
       _stub_torchvision()
@@ -129,12 +129,18 @@ class Release:
       self.vgg = self.vgg.to(self.device).eval()
       for p in self.vgg.parameters():
         p.requires_grad = False
-      self.opt_d = torch.optim.Adam(self.d_spa.parameters(), lr=lr, betas=(0.9, 0.99), eps=1e-8)
-      self.opt_df = torch.optim.Adam(self.d_fre.parameters(), lr=lr, betas=(0.9, 0.99), eps=1e-8)
+      self.opt_d = torch.optim.Adam(self.d_spa.parameters(), **adam)
+      self.opt_df = torch.optim.Adam(self.d_fre.parameters(), **adam)
       nets.update(d_spa=self.d_spa, d_fre=self.d_fre)
-    np.savez(msg["out"], **{f"{name}/{k}": v.detach().cpu().numpy()
-                            for name, net in nets.items() for k, v in net.state_dict().items()})
+    self.nets = nets
+    self.weights({"out": msg["out"]})
     return {"device": self.device, "torch": torch.__version__}
+
+  def weights(self, msg):
+    np.savez(msg["out"], **{f"{name}/{k}": v.detach().cpu().numpy()
+                            for name, net in self.nets.items()
+                            for k, v in net.state_dict().items()})
+    return {}
 
   def step(self, msg):
     with np.load(msg["batch"]) as d:
@@ -144,6 +150,8 @@ class Release:
     if self.device == "cuda":
       self.torch.cuda.synchronize()
     out["seconds"] = time.perf_counter() - t0
+    out["finite"] = bool(np.isfinite(out["total"])
+                         and all(np.isfinite(v) for v in out["terms"].values()))
     return out
 
   def _reconstruction(self, sr, hr):

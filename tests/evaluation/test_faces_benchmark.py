@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sfmnet_jax.benchmarks import faces
+from sfmnet_jax.evaluation import faces
 from sfmnet_jax.data import astronaut, demo_render
 from sfmnet_jax.faces import alignment, photo
 from sfmnet_jax.faces import detection as face_detection
@@ -57,7 +57,7 @@ def test_default_detector_finds_small_real_faces(size, floor):
 def test_size_policy_decisions():
   for scale in (4, 8, 16):
     side = photo.max_crop_side(scale)
-    assert side == photo.LARGE_FACE_RATIO[scale] * 128 / scale
+    assert side == photo.LARGE_FACE_RATIO * 128 / scale
     assert not photo.too_large(side, scale) and photo.too_large(side + 1, scale)
   box = face_detection.Face((0, 0, 10, 10), 0.99, "mtcnn")
   pf = photo.PhotoFace(1, box, np.diag([4.0, 4.0, 1.0]), status="too_large", scale=8)

@@ -1,14 +1,18 @@
-"""A PyTorch-free stand-in for `twin_release.py` that honours its exchange protocol (JSON lines
-on stdin/stdout, arrays in .npz files): its "network" returns its input (img_out = img_fre =
-lr_up) and never learns, and its loss is the release's PSNR-stage sum for that output, in
-numpy. The port's initial weights come from the port's own initialiser (release names)."""
+"""A PyTorch-free stand-in for `release_side/twin_worker.py` that honours its exchange protocol
+(JSON lines on stdin/stdout, arrays in .npz files): its "network" returns its input
+(img_out = img_fre = lr_up), its loss is the release's PSNR-stage sum for that output, in
+numpy, and its weights move by STEP_SIZE per step (every value, known in closed form). The
+port's initial weights come from the port's own initialiser (release names). The step
+numbered $FAKE_NONFINITE_STEP (if set) reports a non-finite total."""
 
 import json
+import os
 import sys
 
 import numpy as np
 
 PROTOCOL_OUT, sys.stdout = sys.stdout, sys.stderr
+STEP_SIZE = 1e-3
 
 
 def loss_terms(lr_up, hr, fft_weight=0.01):
@@ -23,6 +27,8 @@ def loss_terms(lr_up, hr, fft_weight=0.01):
 
 
 def main():
+  weights, steps = None, 0
+  bad_step = int(os.environ.get("FAKE_NONFINITE_STEP", "-1"))
   for line in sys.stdin:
     msg = json.loads(line)
     if msg["cmd"] == "quit":
@@ -30,13 +36,23 @@ def main():
     if msg["cmd"] == "init":
       from sfmnet_jax.model.generator import SFMNet, init_generator  # pylint: disable=g-import-not-at-top
       from sfmnet_jax.weights.release import params_to_state_dict  # pylint: disable=g-import-not-at-top
-      params = init_generator(SFMNet(num_features=msg["width"]), msg["seed"])["params"]
-      np.savez(msg["out"], **{f"generator/{k}": v for k, v in params_to_state_dict(params).items()})
+      model = SFMNet(num_features=msg["width"], num_resblocks=msg["num_resblocks"])
+      params = init_generator(model, msg["seed"])["params"]
+      weights = {f"generator/{k}": v for k, v in params_to_state_dict(params).items()}
+      steps = 0
+      np.savez(msg["out"], **weights)
       answer = {"device": "fake", "torch": None}
     elif msg["cmd"] == "step":
       with np.load(msg["batch"]) as d:
         total, terms = loss_terms(d["lr_up"], d["hr"])
-      answer = {"total": total, "terms": terms, "seconds": 0.001}
+      if steps == bad_step:
+        total = float("nan")
+      answer = {"total": total, "terms": terms, "seconds": 0.001, "finite": bool(np.isfinite(total))}
+      weights = {k: v + np.float32(STEP_SIZE) for k, v in weights.items()}
+      steps += 1
+    elif msg["cmd"] == "weights":
+      np.savez(msg["out"], **weights)
+      answer = {}
     elif msg["cmd"] == "eval":
       with np.load(msg["batch"]) as d:
         np.savez(msg["out"], img_out=d["lr_up"], img_fre=d["lr_up"])

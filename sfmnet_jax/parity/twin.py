@@ -1,0 +1,386 @@
+"""The release and the port trained side by side, step for step (`sfmnet-benchmark twin`).
+
+Both sides train what a training config describes (`--config`, as `train.py`
+takes it): its width and depth, data, batch, seed, learning rate and Adam,
+loss weights, stage (PSNR or GAN) and its `num_train_steps`. The release side
+is `release_side/twin_worker.py` in another Python (`worker.py`), running the
+authors' own model and losses; the port side is this package's train step
+(`training.steps`, as `train.py` runs it). Per pair:
+  1. the release builds its networks (torch.manual_seed(seed)) and hands their
+     initial weights over; the port starts from those weights, converted;
+  2. one batch sequence comes from the port's tf.data pipeline (order seeded by
+     the seed) and both sides get the same arrays;
+  3. every loss term of both sides is kept per step; at step 0, every
+     `eval_every` steps and at the end, both sides' outputs on the test split
+     are scored by the project's protocol (PSNR/SSIM on Y, 8-pixel crop) and
+     against each other, and the two networks' parameters are compared.
+Where the two codes differ the twin takes the release's behaviour and says so
+in its output (`release_behaviour`): its detaches in the GAN stage, its
+PyTorch initialisation. The GAN stage starts G from `init_from` (a release
+.pth/.npz, e.g. a PSNR twin's `release_generator.npz`) and perceives through
+`perceptual.weights` (torchvision VGG19) on both sides, or one fixed random
+VGG19 written to the output folder and loaded by both.
+"""
+
+import json
+import os
+import shutil
+import statistics
+import time
+from typing import Dict
+
+import numpy as np
+
+from sfmnet_jax.parity import report, stats
+from sfmnet_jax.parity.worker import ReleaseWorker
+
+RELEASE_BEHAVIOUR = {
+    "init": "the release's PyTorch initialisation (torch.manual_seed(seed)), converted",
+    "gan_detaches": "perceptual features and D_fre's fake logits detached, as main_GAN.py",
+    "loss_sum_order": "main_two.py's: l1_out + w amplitude + w phase + l1_fre",
+}
+# The release's GAN step (main_GAN.py) has these weights written in.
+RELEASE_GAN_WEIGHTS = {"adv_spatial_weight": 0.0005, "perceptual_weight": 0.1}
+
+
+class ConfigUnsupported(ValueError):
+  """A config the release's training scripts cannot train (the message says what)."""
+
+
+def check_config(config) -> None:
+  """ConfigUnsupported for what the release's training scripts cannot do."""
+  problems = []
+  if config.get("num_train_steps", -1) <= 0:
+    problems.append("num_train_steps must be > 0 (the twin's length)")
+  if config.optimizer.get("lr_decay_steps"):
+    problems.append("the release trains at a constant learning rate (lr_decay_steps)")
+  if not config.model.share_fusion_attention or config.model.num_heads != 8:
+    problems.append("the release shares the fusion attention, with 8 heads")
+  if config.ema_decay > 0:
+    problems.append("the release keeps no EMA (ema_decay)")
+  if config.stage == "gan":
+    problems += [f"the release's GAN step uses loss.{k}={v}" for k, v in
+                 RELEASE_GAN_WEIGHTS.items() if config.loss[k] != v]
+    if config.gan.instance_noise or config.perceptual.network != "vgg19" or \
+        config.perceptual.imagenet_norm:
+      problems.append("the release's GAN step has no instance noise and feeds VGG19 [0, 1] "
+                      "images")
+    if any(config.d_optimizer[k] != config.optimizer[k]
+           for k in ("learning_rate", "b1", "b2", "eps")):
+      problems.append("the release's three optimisers share one Adam setting (d_optimizer)")
+    if not config.init_from:
+      problems.append("the GAN stage starts from a PSNR-stage generator: set init_from (a "
+                      "release .pth/.npz; both sides load it)")
+    if (config.data.patch_size or 128) != 128:
+      problems.append("the release's discriminators take whole 128x128 faces (patch_size)")
+  if problems:
+    raise ConfigUnsupported("the twin cannot run this config: " + "; ".join(problems))
+
+
+def random_vgg19(path: str, seed: int = 1234) -> str:
+  """One fixed random VGG19 in torchvision's `features.*` layout, initialised as torchvision
+  initialises a new VGG (Kaiming normal, fan-out, zero biases), so that its deep features
+  keep their scale (PyTorch's default bounds shrink them to ~0 by layer 34)."""
+  rng = np.random.default_rng(seed)
+  weights, c, index = {}, 3, 0
+  for v in (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
+            512, 512, 512, 512):
+    if v == "M":
+      index += 1
+      continue
+    std = np.sqrt(2.0 / (v * 9))
+    weights[f"features.{index}.weight"] = (std * rng.standard_normal((v, c, 3, 3))).astype(
+        np.float32)
+    weights[f"features.{index}.bias"] = np.zeros((v,), np.float32)
+    c, index = v, index + 2
+  np.savez(path, **weights)
+  return path
+
+
+def _flat(tree) -> Dict[str, np.ndarray]:
+  from flax import traverse_util  # pylint: disable=g-import-not-at-top
+  return {"/".join(k): np.asarray(v) for k, v in traverse_util.flatten_dict(tree).items()}
+
+
+def _part(weights: Dict[str, np.ndarray], name: str) -> Dict[str, np.ndarray]:
+  return {k[len(name) + 1:]: v for k, v in weights.items() if k.startswith(name + "/")}
+
+
+def release_networks(weights: Dict[str, np.ndarray], cfg) -> Dict[str, Dict[str, np.ndarray]]:
+  """The release side's state_dicts ("generator/...", "d_spa/...", "d_fre/...") as the port's
+  flat parameters, by network."""
+  from sfmnet_jax.model.generator import SFMNet  # pylint: disable=g-import-not-at-top
+  from sfmnet_jax.weights import release  # pylint: disable=g-import-not-at-top
+  plain = SFMNet(num_features=cfg.model.num_features, num_resblocks=cfg.model.num_resblocks)
+  out = {"generator": _flat(release.state_dict_to_params(_part(weights, "generator"), plain))}
+  if cfg.stage == "gan":
+    for name, kind in (("d_spa", "spatial"), ("d_fre", "frequency")):
+      out[name] = _flat(release.load_release_discriminator(_part(weights, name), kind)[1]["params"])
+  return out
+
+
+class PortSide:
+  """This package's train step (`steps.pmap_train_step`, as `train.py` runs it) from the
+  release's initial weights."""
+
+  def __init__(self, cfg, initial: Dict[str, Dict[str, np.ndarray]]):
+    import jax  # pylint: disable=g-import-not-at-top
+    from flax import traverse_util  # pylint: disable=g-import-not-at-top
+    from sfmnet_jax import devices  # pylint: disable=g-import-not-at-top
+    from sfmnet_jax.training import state as training  # pylint: disable=g-import-not-at-top
+    from sfmnet_jax.training import steps  # pylint: disable=g-import-not-at-top
+    self.jax, self.devices, self.cfg = jax, devices, cfg
+    tree = lambda flat: traverse_util.unflatten_dict(  # noqa: E731
+        {tuple(k.split("/")): v for k, v in flat.items()})
+    model = training.build_model(cfg)
+    _, static, self.vgg_params = training.create_state(cfg, model)
+    d_params = (tree(initial["d_spa"]), tree(initial["d_fre"])) if cfg.stage == "gan" else None
+    state = steps.new_state(tree(initial["generator"]), static["tx"], seed=cfg.seed, ema=False,
+                            d_params=d_params, d_tx=static.get("d_tx"))
+    self.state = devices.replicate(state)
+    if self.vgg_params is not None:
+      self.vgg_params = devices.replicate(self.vgg_params)
+    step_fn = steps.gan_step if cfg.stage == "gan" else steps.psnr_step
+    self.step_fn = steps.pmap_train_step(step_fn, **static)
+    self.model = static["model"]
+
+  def step(self, batch) -> dict:
+    t0 = time.perf_counter()
+    data = {"hr": batch["hr"], "lr_up": batch["lr_up"]}
+    args = (self.state, data) + ((self.vgg_params,) if self.cfg.stage == "gan" else ())
+    self.state, metrics = self.step_fn(*args)
+    metrics = {k: float(np.asarray(v)[0]) for k, v in self.jax.device_get(metrics).items()}
+    seconds = time.perf_counter() - t0
+    total, finite = metrics.pop("loss"), bool(metrics.pop("finite"))
+    metrics.pop("grad_norm", None)
+    return {"total": total, "terms": metrics, "seconds": seconds, "finite": finite}
+
+  def networks(self) -> Dict[str, Dict[str, np.ndarray]]:
+    """The current parameters by network, flat."""
+    names = ("generator", "d_spa", "d_fre") if self.cfg.stage == "gan" else ("generator",)
+    return {n: _flat(self.devices.unreplicate(getattr(self.state, n)["params"])) for n in names}
+
+  def predict(self, lr_up: np.ndarray) -> np.ndarray:
+    from sfmnet_jax.model.generator import jitted_apply  # pylint: disable=g-import-not-at-top
+    params = self.devices.unreplicate(self.state.generator["params"])
+    apply = jitted_apply(self.model)
+    outs = []
+    for i in range(0, len(lr_up), 8):
+      chunk = lr_up[i:i + 8]
+      padded = np.concatenate([chunk, np.zeros((8 - len(chunk),) + chunk.shape[1:], np.float32)])
+      outs.append(np.asarray(apply({"params": params}, padded)[0])[:len(chunk)])
+    return np.concatenate(outs)
+
+
+def scores(sr: np.ndarray, hr: np.ndarray, lr_up: np.ndarray) -> Dict[str, float]:
+  """Mean PSNR / SSIM (Y, the release's protocol) of `sr` and their gains over bicubic."""
+  from sfmnet_jax.evaluation import metrics  # pylint: disable=g-import-not-at-top
+  model, bicubic = metrics.y_metrics(sr, hr), metrics.y_metrics(lr_up, hr)
+  out = {"psnr": float(np.mean(model["psnr"])), "ssim": float(np.mean(model["ssim"])),
+         "bicubic_psnr": float(np.mean(bicubic["psnr"])),
+         "bicubic_ssim": float(np.mean(bicubic["ssim"]))}
+  out["psnr_gain"] = out["psnr"] - out["bicubic_psnr"]
+  out["ssim_gain"] = out["ssim"] - out["bicubic_ssim"]
+  return out
+
+
+def load_data(cfg):
+  """(train split, test arrays {lr_up, hr}) of the config's data, prepared where train.py
+  prepares it (the first `eval_limit` test faces when it is > 0)."""
+  from sfmnet_jax.data import pipeline, sources  # pylint: disable=g-import-not-at-top
+  data = cfg.data
+  train, test = sources.get_split(data, "train"), sources.get_split(data, "test")
+  limit = cfg.eval_limit if cfg.eval_limit > 0 else None
+  parts = {"lr_up": [], "hr": []}
+  batches = pipeline.eval_dataset(test, data.scale, pipeline.Sharding(8), limit)
+  for batch in batches.as_numpy_iterator():
+    keep = batch["mask"].reshape(-1) > 0
+    for k in parts:
+      parts[k].append(batch[k].reshape(-1, *batch[k].shape[2:])[keep])
+  return train, {k: np.concatenate(v) for k, v in parts.items()}
+
+
+def run_pair(worker: ReleaseWorker, cfg, train, test, log=print, keep_dir=None) -> dict:
+  """One twin of `cfg` (its seed): both sides from the release's init, fed the same batches
+  (see the module doc). With `keep_dir`, both sides' final generators are written there as
+  release state_dicts (`release_generator.npz`, `port_generator.npz`: what `init_from`
+  takes)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from sfmnet_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  from sfmnet_jax.weights.release import read_state_dict  # pylint: disable=g-import-not-at-top
+  generator = None
+  if cfg.init_from:
+    generator = worker.path("init_from")
+    np.savez(generator, **read_state_dict(cfg.init_from))
+  init = worker.path("init")
+  info = worker.call(
+      "init", stage=cfg.stage, width=cfg.model.num_features,
+      num_resblocks=cfg.model.num_resblocks, seed=cfg.seed, lr=cfg.optimizer.learning_rate,
+      betas=[cfg.optimizer.b1, cfg.optimizer.b2], eps=cfg.optimizer.eps,
+      fft_weight=cfg.loss.freq_weight, fftd_weight=cfg.loss.adv_frequency_weight,
+      generator=generator, vgg=cfg.perceptual.weights, out=init)
+  with np.load(init) as d:
+    initial = release_networks({k: d[k] for k in d.files}, cfg)
+  port = PortSide(cfg, initial)
+  sharding = pipeline.Sharding(cfg.batch_size, local_devices=jax.local_device_count())
+  data = pipeline.TrainIterator(train, cfg.data.scale, sharding, seed=cfg.seed,
+                                patch_size=cfg.data.patch_size)
+  test_file = worker.path("test")
+  np.savez(test_file, lr_up=test["lr_up"])
+  curves = {"release": [], "port": []}
+  evals = []
+
+  def release_weights():
+    out_file = worker.path("weights")
+    worker.call("weights", out=out_file)
+    with np.load(out_file) as d:
+      weights = {k: d[k] for k in d.files}
+    os.remove(out_file)
+    return weights
+
+  def evaluate(step):
+    out_file = worker.path("eval")
+    worker.call("eval", batch=test_file, out=out_file)
+    with np.load(out_file) as d:
+      release_sr = d["img_out"]
+    os.remove(out_file)
+    port_sr = port.predict(test["lr_up"])
+    release_nets, port_nets = release_networks(release_weights(), cfg), port.networks()
+    row = {"step": step,
+           "release": scores(release_sr, test["hr"], test["lr_up"]),
+           "port": scores(port_sr, test["hr"], test["lr_up"]),
+           "outputs": stats.output_agreement(np.clip(release_sr, 0, 1), np.clip(port_sr, 0, 1)),
+           "parameters": {n: stats.parameter_distance(release_nets[n], port_nets[n], initial[n])
+                          for n in release_nets}}
+    evals.append(row)
+    g = row["parameters"]["generator"]
+    log(f"  step {step}: test PSNR release {row['release']['psnr']:.3f} dB, port "
+        f"{row['port']['psnr']:.3f} dB (bicubic {row['release']['bicubic_psnr']:.3f}); outputs "
+        f"{row['outputs']['psnr_between']:.1f} dB apart; parameter distance "
+        f"{g['global'] if g['global'] is not None else float('nan'):.4f}")
+
+  steps, eval_every = cfg.num_train_steps, cfg.eval_every
+  t_start = time.perf_counter()
+  for step in range(steps):
+    if step == 0 or (eval_every > 0 and step % eval_every == 0):
+      evaluate(step)
+    b = next(data)
+    batch_file = worker.path("batch")
+    np.savez(batch_file, lr_up=b["lr_up"].reshape(-1, *b["lr_up"].shape[2:]),
+             hr=b["hr"].reshape(-1, *b["hr"].shape[2:]))
+    curves["release"].append(worker.call("step", batch=batch_file))
+    curves["port"].append(port.step(b))
+    os.remove(batch_file)
+    if step % 10 == 0 or step == steps - 1:
+      r, p = curves["release"][-1]["total"], curves["port"][-1]["total"]
+      spent = time.perf_counter() - t_start
+      log(f"  step {step + 1}/{steps}: loss release {r:.5f}, port {p:.5f} "
+          f"({abs(p - r) / abs(r):.2%}); {spent / (step + 1) * (steps - step - 1) / 60:.1f} "
+          "min left in this pair")
+  evaluate(steps)
+  if keep_dir:
+    from sfmnet_jax.weights.release import params_to_state_dict  # pylint: disable=g-import-not-at-top
+    os.makedirs(keep_dir, exist_ok=True)
+    np.savez(os.path.join(keep_dir, "release_generator.npz"),
+             **_part(release_weights(), "generator"))
+    port_params = port.jax.device_get(port.devices.unreplicate(port.state.generator["params"]))
+    np.savez(os.path.join(keep_dir, "port_generator.npz"), **params_to_state_dict(port_params))
+  summary = stats.compare_curves([c["total"] for c in curves["release"]],
+                                 [c["total"] for c in curves["port"]])
+  terms = stats.term_divergence([c["terms"] for c in curves["release"]],
+                                [c["terms"] for c in curves["port"]])
+  timed = lambda side: statistics.median(c["seconds"] for c in curves[side][1:] or curves[side])  # noqa: E731
+  final_eval = evals[-1]
+  mean_gain = (final_eval["release"]["psnr_gain"] + final_eval["port"]["psnr_gain"]) / 2
+  difference = final_eval["port"]["psnr"] - final_eval["release"]["psnr"]
+  return {**summary, "seed": cfg.seed, "steps": steps, "terms": terms,
+          "psnr_difference": difference,
+          "abs_psnr_diff_over_gain": abs(difference) / abs(mean_gain) if mean_gain else None,
+          "nonfinite_steps": {
+              "release": sum(not c.get("finite", True) for c in curves["release"]),
+              "port_skipped": sum(not c["finite"] for c in curves["port"])},
+          "release": {**final_eval["release"], "seconds_per_step": timed("release"),
+                      "device": info.get("device"), "torch": info.get("torch")},
+          "port": {**final_eval["port"], "seconds_per_step": timed("port"),
+                   "conv_impl": cfg.model.conv_impl, "device": str(jax.devices()[0].device_kind)},
+          "curves": {side: [{"total": c["total"], **c["terms"], "seconds": c["seconds"],
+                             "finite": c.get("finite", True)} for c in curves[side]]
+                     for side in curves},
+          "evals": evals}
+
+
+def _pair_dir(output, seed):
+  return os.path.join(output, "pairs", f"seed{seed}")
+
+
+def _save_pair(output, seed, key, pair):
+  path = os.path.join(_pair_dir(output, seed), "pair.json")
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path + ".tmp", "w") as f:
+    json.dump({"key": key, "pair": pair}, f)
+  os.replace(path + ".tmp", path)
+
+
+def _load_pair(output, seed, key):
+  """The pair of `seed` run earlier into `output` with the same settings, or None."""
+  try:
+    with open(os.path.join(_pair_dir(output, seed), "pair.json")) as f:
+      saved = json.load(f)
+  except (OSError, ValueError):
+    return None
+  return saved["pair"] if saved.get("key") == json.loads(json.dumps(key)) else None
+
+
+def run(config, release_dir, output, *, seeds=1, margin_db=0.05, release_python="python",
+        worker_command=None, log=print) -> dict:
+  """The twin of `config` (or `seeds` twins, seeds config.seed, config.seed + 1, ...) with
+  its report and pictures in `output`; finished pairs are kept in `output/pairs/` and
+  reused by the same command run again."""
+  cfg = config.copy_and_resolve_references()
+  check_config(cfg)
+  cfg.gan.release_perceptual_detach = cfg.gan.release_dfre_detach = True  # the release's
+  os.makedirs(output, exist_ok=True)
+  notes = dict(RELEASE_BEHAVIOUR)
+  if cfg.stage == "gan":
+    if not cfg.perceptual.weights or cfg.perceptual.weights == "random":
+      cfg.perceptual.weights = random_vgg19(os.path.join(output, "random_vgg19.npz"))
+      notes["perceptual"] = ("no VGG19 file given: one fixed random VGG19 "
+                             f"({cfg.perceptual.weights}) on both sides, not the paper's "
+                             "perceptual network")
+    else:
+      notes["perceptual"] = f"VGG19 weights from {cfg.perceptual.weights} on both sides"
+  train, test = load_data(cfg)
+  log(f"twin: {cfg.stage} stage, width {cfg.model.num_features}, x{cfg.data.scale}, batch "
+      f"{cfg.batch_size}, {cfg.num_train_steps} steps, {train.num_examples} training and "
+      f"{len(test['hr'])} test faces")
+  worker = ReleaseWorker(release_dir, release_python, os.path.join(output, "exchange"),
+                         command=worker_command)
+  pairs = []
+  try:
+    for k in range(seeds):
+      seed_cfg = cfg.copy_and_resolve_references()
+      seed_cfg.seed = cfg.seed + k
+      # What makes two runs of a pair the same run: the config (with its seed).
+      key = seed_cfg.to_dict()
+      t0 = time.perf_counter()
+      log(f"pair {k + 1}/{seeds} (seed {seed_cfg.seed})")
+      done = _load_pair(output, seed_cfg.seed, key)
+      if done is not None:
+        log(f"  resumed: {_pair_dir(output, seed_cfg.seed)} holds this pair's run")
+        pairs.append(done)
+        continue
+      pairs.append(run_pair(worker, seed_cfg, train, test, log,
+                            keep_dir=_pair_dir(output, seed_cfg.seed)))
+      _save_pair(output, seed_cfg.seed, key, pairs[-1])
+      if k + 1 < seeds:
+        log(f"  pair took {(time.perf_counter() - t0) / 60:.1f} min: about "
+            f"{(time.perf_counter() - t0) * (seeds - k - 1) / 60:.0f} min left")
+  finally:
+    worker.close()
+    shutil.rmtree(os.path.join(output, "exchange"), ignore_errors=True)
+  result = {**pairs[0], "config": cfg.to_dict(), "release_dir": release_dir,
+            "release_behaviour": notes}
+  if seeds > 1:
+    result["seeds_study"] = report.seeds_study(pairs, margin_db)
+  report.write(result, pairs, output, log)
+  return result
