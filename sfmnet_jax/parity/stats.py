@@ -73,6 +73,31 @@ def parameter_distance(release: Mapping[str, np.ndarray], port: Mapping[str, np.
           "worst_tensor": worst[0], "worst_tensor_ratio": worst[1]}
 
 
+def gradient_agreement(release: Mapping[str, np.ndarray], port: Mapping[str, np.ndarray]
+                       ) -> Dict[str, object]:
+  """Two gradients of the same loss at the same weights, tensor by tensor: the median and
+  largest relative difference |g_port - g_release| / |g_release| (Frobenius norms; the
+  worst tensor named), the global one over all tensors, and the cosine of the whole
+  gradients (1: the same direction)."""
+  if set(release) != set(port):
+    raise ValueError(f"the gradients name other tensors: {sorted(set(release) ^ set(port))[:5]}")
+  errors, apart, norm, dot, port_norm = {}, 0.0, 0.0, 0.0, 0.0
+  for name in release:
+    r, p = np.asarray(release[name], np.float64), np.asarray(port[name], np.float64)
+    if r.shape != p.shape:
+      raise ValueError(f"{name}: gradients of shapes {r.shape} and {p.shape}")
+    d2, r2 = float(np.sum((p - r) ** 2)), float(np.sum(r * r))
+    apart, norm, dot, port_norm = apart + d2, norm + r2, dot + float(np.sum(r * p)), \
+        port_norm + float(np.sum(p * p))
+    if r2 > 0:
+      errors[name] = float(np.sqrt(d2 / r2))
+  worst = max(errors.items(), key=lambda kv: kv[1]) if errors else (None, None)
+  return {"median_rel_diff": float(np.median(list(errors.values()))) if errors else None,
+          "worst_tensor": worst[0], "worst_rel_diff": worst[1],
+          "global_rel_diff": float(np.sqrt(apart / norm)) if norm else None,
+          "cosine": dot / np.sqrt(norm * port_norm) if norm and port_norm else None}
+
+
 def output_agreement(release: np.ndarray, port: np.ndarray) -> Dict[str, float]:
   """The two sides' outputs (images in [0, 1]) against each other: PSNR over all pixels and
   channels (one side taken as the reference; inf where they are equal) and the largest

@@ -13,7 +13,8 @@ authors' own model and losses; the port side is this package's train step
   3. every loss term of both sides is kept per step; at step 0, every
      `eval_every` steps and at the end, both sides' outputs on the test split
      are scored by the project's protocol (PSNR/SSIM on Y, 8-pixel crop) and
-     against each other, and the two networks' parameters are compared.
+     against each other, the two networks' parameters are compared, and (PSNR stage) both
+     codes' gradients at the release's current weights on the same faces.
 Where the two codes differ the twin takes the release's behaviour and says so
 in its output (`release_behaviour`): its detaches in the GAN stage, its
 PyTorch initialisation. The GAN stage starts G from `init_from` (a release
@@ -22,6 +23,7 @@ PyTorch initialisation. The GAN stage starts G from `init_from` (a release
 VGG19 written to the output folder and loaded by both.
 """
 
+import functools
 import json
 import os
 import shutil
@@ -39,6 +41,8 @@ RELEASE_BEHAVIOUR = {
     "gan_detaches": "perceptual features and D_fre's fake logits detached, as main_GAN.py",
     "loss_sum_order": "main_two.py's: l1_out + w amplitude + w phase + l1_fre",
 }
+# The side of the faces' centre crops on which both codes' gradients are compared.
+PROBE_SIZE = 16
 # The release's GAN step (main_GAN.py) has these weights written in.
 RELEASE_GAN_WEIGHTS = {"adv_spatial_weight": 0.0005, "perceptual_weight": 0.1}
 
@@ -143,6 +147,7 @@ class PortSide:
     step_fn = steps.gan_step if cfg.stage == "gan" else steps.psnr_step
     self.step_fn = steps.pmap_train_step(step_fn, **static)
     self.model = static["model"]
+    self._gradients = None
 
   def step(self, batch) -> dict:
     t0 = time.perf_counter()
@@ -154,6 +159,21 @@ class PortSide:
     total, finite = metrics.pop("loss"), bool(metrics.pop("finite"))
     metrics.pop("grad_norm", None)
     return {"total": total, "terms": metrics, "seconds": seconds, "finite": finite}
+
+  def gradients_at(self, generator: Dict[str, np.ndarray], batch) -> Dict[str, np.ndarray]:
+    """The PSNR-stage loss's gradients, by release name (PyTorch layout), of this side's model
+    (the config's numerical mode) at other `generator` weights (flat, the port's names) on
+    `batch` ({lr_up, hr} NHWC): compared with the release's at the same weights, what the two
+    codes compute differently, apart from where their trajectories went."""
+    from flax import traverse_util  # pylint: disable=g-import-not-at-top
+    from sfmnet_jax.training import steps  # pylint: disable=g-import-not-at-top
+    from sfmnet_jax.weights.release import params_to_state_dict  # pylint: disable=g-import-not-at-top
+    if self._gradients is None:
+      self._gradients = self.jax.jit(functools.partial(steps.psnr_loss_and_grads,
+                                                       model=self.model, cfg=self.cfg))
+    params = traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in generator.items()})
+    _, grads = self._gradients(params, {"lr_up": batch["lr_up"], "hr": batch["hr"]})
+    return params_to_state_dict(grads)
 
   def networks(self) -> Dict[str, Dict[str, np.ndarray]]:
     """The current parameters by network, flat."""
@@ -238,6 +258,31 @@ def run_pair(worker: ReleaseWorker, cfg, train, test, log=print, keep_dir=None) 
     os.remove(out_file)
     return weights
 
+  # Both sides' gradients at the release's current weights on the centres of the first test
+  # faces, small: at 32 px and more some spectrum bins sit near their 2 pi phase jump, where
+  # any two numerical paths (the release's own under 1e-6 of noise) disagree.
+  lo = (test["hr"].shape[1] - PROBE_SIZE) // 2
+  probe = {k: test[k][:cfg.batch_size, lo:lo + PROBE_SIZE, lo:lo + PROBE_SIZE]
+           for k in ("lr_up", "hr")}
+  PROBE_NOISE = np.float32(1e-6) * np.random.default_rng(0).standard_normal(  # noqa: N806
+      probe["lr_up"].shape).astype(np.float32)
+  probe_file = worker.path("probe")
+  np.savez(probe_file, **probe)
+
+  def gradient_probe(release_generator):
+    out_file = worker.path("gradients")
+    worker.call("gradients", batch=probe_file, out=out_file)
+    with np.load(out_file) as d:
+      release_grads = _part({k: d[k] for k in d.files}, "generator")
+    os.remove(out_file)
+    port_grads = port.gradients_at(release_generator, probe)
+    # The floor under which a difference means nothing: the port against itself when the
+    # faces move by 1e-6 (a spectrum bin near its phase jump moves far more than that).
+    noisy = {**probe, "lr_up": probe["lr_up"] + PROBE_NOISE}
+    floor = stats.gradient_agreement(port_grads, port.gradients_at(release_generator, noisy))
+    return {**stats.gradient_agreement(release_grads, port_grads),
+            "noise_floor": {k: floor[k] for k in ("median_rel_diff", "worst_rel_diff", "cosine")}}
+
   def evaluate(step):
     out_file = worker.path("eval")
     worker.call("eval", batch=test_file, out=out_file)
@@ -245,19 +290,26 @@ def run_pair(worker: ReleaseWorker, cfg, train, test, log=print, keep_dir=None) 
       release_sr = d["img_out"]
     os.remove(out_file)
     port_sr = port.predict(test["lr_up"])
-    release_nets, port_nets = release_networks(release_weights(), cfg), port.networks()
+    weights = release_weights()
+    release_nets, port_nets = release_networks(weights, cfg), port.networks()
     row = {"step": step,
            "release": scores(release_sr, test["hr"], test["lr_up"]),
            "port": scores(port_sr, test["hr"], test["lr_up"]),
            "outputs": stats.output_agreement(np.clip(release_sr, 0, 1), np.clip(port_sr, 0, 1)),
            "parameters": {n: stats.parameter_distance(release_nets[n], port_nets[n], initial[n])
                           for n in release_nets}}
+    if cfg.stage == "psnr":
+      row["gradients"] = gradient_probe(release_nets["generator"])
     evals.append(row)
     g = row["parameters"]["generator"]
     log(f"  step {step}: test PSNR release {row['release']['psnr']:.3f} dB, port "
         f"{row['port']['psnr']:.3f} dB (bicubic {row['release']['bicubic_psnr']:.3f}); outputs "
         f"{row['outputs']['psnr_between']:.1f} dB apart; parameter distance "
-        f"{g['global'] if g['global'] is not None else float('nan'):.4f}")
+        f"{g['global'] if g['global'] is not None else float('nan'):.4f}"
+        + (f"; gradients at the release's weights: median {row['gradients']['median_rel_diff']:.1e}"
+           f" (noise floor {row['gradients']['noise_floor']['median_rel_diff']:.1e}), worst "
+           f"{row['gradients']['worst_rel_diff']:.1e} ({row['gradients']['worst_tensor']})"
+           if "gradients" in row else ""))
 
   steps, eval_every = cfg.num_train_steps, cfg.eval_every
   t_start = time.perf_counter()

@@ -2,7 +2,8 @@
 (JSON lines on stdin/stdout, arrays in .npz files): its "network" returns its input
 (img_out = img_fre = lr_up), its loss is the release's PSNR-stage sum for that output, in
 numpy, and its weights move by STEP_SIZE per step (every value, known in closed form). The
-port's initial weights come from the port's own initialiser (release names). The step
+port's initial weights come from the port's own initialiser (release names); its gradients
+are the plain model's (XLA's ops, `conv_impl="xla"`) at its weights. The step
 numbered $FAKE_NONFINITE_STEP (if set) reports a non-finite total."""
 
 import json
@@ -26,8 +27,27 @@ def loss_terms(lr_up, hr, fft_weight=0.01):
   return l1 + fft_weight * amp + fft_weight * pha + l1, terms
 
 
+def plain_gradients(weights, width, num_resblocks, lr_up, hr):
+  """(loss, {state_dict name: gradient}) of the PSNR-stage loss of the plain model at
+  `weights` (release names)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from sfmnet_jax.model.generator import SFMNet  # pylint: disable=g-import-not-at-top
+  from sfmnet_jax.training import losses  # pylint: disable=g-import-not-at-top
+  from sfmnet_jax.weights.release import params_to_state_dict, state_dict_to_params  # pylint: disable=g-import-not-at-top
+  model = SFMNet(num_features=width, num_resblocks=num_resblocks)
+  params = state_dict_to_params(
+      {k[len("generator/"):]: v for k, v in weights.items() if k.startswith("generator/")}, model)
+
+  def loss_fn(params):
+    img_out, img_fre = model.apply({"params": params}, lr_up)
+    return losses.reconstruction_losses(img_out, img_fre, hr)[0]
+
+  loss, grads = jax.value_and_grad(loss_fn)(params)
+  return float(loss), params_to_state_dict(grads)
+
+
 def main():
-  weights, steps = None, 0
+  weights, steps, width, num_resblocks = None, 0, None, None
   bad_step = int(os.environ.get("FAKE_NONFINITE_STEP", "-1"))
   for line in sys.stdin:
     msg = json.loads(line)
@@ -36,7 +56,8 @@ def main():
     if msg["cmd"] == "init":
       from sfmnet_jax.model.generator import SFMNet, init_generator  # pylint: disable=g-import-not-at-top
       from sfmnet_jax.weights.release import params_to_state_dict  # pylint: disable=g-import-not-at-top
-      model = SFMNet(num_features=msg["width"], num_resblocks=msg["num_resblocks"])
+      width, num_resblocks = msg["width"], msg["num_resblocks"]
+      model = SFMNet(num_features=width, num_resblocks=num_resblocks)
       params = init_generator(model, msg["seed"])["params"]
       weights = {f"generator/{k}": v for k, v in params_to_state_dict(params).items()}
       steps = 0
@@ -50,6 +71,11 @@ def main():
       answer = {"total": total, "terms": terms, "seconds": 0.001, "finite": bool(np.isfinite(total))}
       weights = {k: v + np.float32(STEP_SIZE) for k, v in weights.items()}
       steps += 1
+    elif msg["cmd"] == "gradients":
+      with np.load(msg["batch"]) as d:
+        total, grads = plain_gradients(weights, width, num_resblocks, d["lr_up"], d["hr"])
+      np.savez(msg["out"], **{f"generator/{k}": v for k, v in grads.items()})
+      answer = {"total": total}
     elif msg["cmd"] == "weights":
       np.savez(msg["out"], **weights)
       answer = {}

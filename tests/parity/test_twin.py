@@ -79,6 +79,18 @@ def test_parameter_distance_and_output_agreement_in_closed_form():
   assert stats.output_agreement(a, a)["psnr_between"] == float("inf")
 
 
+def test_gradient_agreement_in_closed_form():
+  release = {"a": np.array([3.0, 4.0]), "b": np.array([[1.0, 0.0]]), "zero": np.zeros(2)}
+  port = {"a": np.array([3.0, 4.5]), "b": np.array([[1.0, 0.0]]), "zero": np.zeros(2)}
+  out = stats.gradient_agreement(release, port)
+  assert out["worst_tensor"] == "a" and out["worst_rel_diff"] == pytest.approx(0.5 / 5)
+  assert out["median_rel_diff"] == pytest.approx(0.05)  # median of 0.1 and 0 ("zero" skipped)
+  assert out["global_rel_diff"] == pytest.approx(0.5 / np.sqrt(26))
+  assert out["cosine"] == pytest.approx((9 + 18 + 1) / np.sqrt(26 * (9 + 20.25 + 1)))
+  with pytest.raises(ValueError, match="other tensors"):
+    stats.gradient_agreement(release, {"a": port["a"]})
+
+
 def test_paired_equivalence_against_its_closed_form():
   """Differences 0, 0.01, ..., 0.04 dB: mean 0.02, s = 0.0158, the 90% interval is
   mean +- t(0.95, 4) s / sqrt(5) = 0.02 +- 2.1318 x 0.00707 (closed form, t from tables)."""
@@ -172,6 +184,15 @@ def test_harness_against_a_fake_release(folders, tmp_path, monkeypatch):
                         for k in kept["release"]))
     assert end["apart"] == pytest.approx(apart, rel=1e-6)
     assert pair["evals"][0]["outputs"]["max_abs_diff"] > 0  # the port's network is not identity
+    # The gradients at the release's weights: the fake's are the plain model's, the port's
+    # the config's CPU mode, on the same 16 px centres of the 3 test faces; names and
+    # layouts line up tensor by tensor (a transposed or misnamed tensor would be O(1) apart;
+    # at width 8 with random weights some bins flip their phase under rounding, so the bound
+    # is loose), and the port's noise floor is measured.
+    for e in pair["evals"]:
+      g = e["gradients"]
+      assert g["median_rel_diff"] < 0.1 and g["cosine"] > 0.95, g
+      assert 0 < g["noise_floor"]["median_rel_diff"] < 1, g
   assert saved["pairs"][0]["curves"]["release"] != saved["pairs"][1]["curves"]["release"]
   study = saved["seeds_study"]
   assert study["psnr_gain"]["release"]["values"] == [0.0, 0.0]

@@ -23,6 +23,9 @@ whose paths are in the messages, NCHW float32 on this side.
       (`finite`: every term finite; the release steps its optimisers either way)
   {"cmd": "eval", "batch": npz with lr_up, "out": npz}  -> writes img_out, img_fre (NHWC)
   {"cmd": "weights", "out": npz}  -> writes every network's current state_dict, as init
+  {"cmd": "gradients", "batch": npz with lr_up, hr (NHWC), "out": npz}
+      -> {"total": float}; writes the PSNR-stage loss's gradient of every generator
+      parameter at the current weights ("generator/<state_dict name>"), no step taken
   {"cmd": "quit"}
 Numbers are computed where torch computes them (the CPU, or CUDA when present).
 """
@@ -153,6 +156,19 @@ class Release:
     out["finite"] = bool(np.isfinite(out["total"])
                          and all(np.isfinite(v) for v in out["terms"].values()))
     return out
+
+  def gradients(self, msg):
+    """The PSNR-stage loss's gradients at the current generator weights (no step)."""
+    with np.load(msg["batch"]) as d:
+      lr_up, hr = self._tensor(d["lr_up"]), self._tensor(d["hr"])
+    self.g.train()
+    self.g.zero_grad()
+    loss, _ = self._reconstruction(self.g({"lr_up": lr_up}), hr)
+    loss.backward()
+    np.savez(msg["out"], **{f"generator/{name}": p.grad.detach().cpu().numpy()
+                            for name, p in self.g.named_parameters() if p.grad is not None})
+    self.g.zero_grad()
+    return {"total": loss.item()}
 
   def _reconstruction(self, sr, hr):
     w = self.msg["fft_weight"]
