@@ -46,8 +46,8 @@ def time_onnx(model, params, batch_sizes, repeats):
   import subprocess  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
   import tempfile  # pylint: disable=g-import-not-at-top
-  from sfmnet_jax.export import onnx_graph  # pylint: disable=g-import-not-at-top
-  proto = onnx_graph.sfmnet_to_onnx(model, {"params": params})
+  from sfmnet_jax.export import onnx_model  # pylint: disable=g-import-not-at-top
+  proto = onnx_model.sfmnet_to_onnx(model, {"params": params})
   env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "GLIBC_TUNABLES")}
   with tempfile.TemporaryDirectory() as tmp:
     path = os.path.join(tmp, "sfmnet.onnx")

@@ -193,8 +193,8 @@ def _write_onnx(model, variables, work, size, batch, scale, info, checkpoint, x,
                 moves):
   import onnx
   import onnxruntime as ort
-  from sfmnet_jax.export import onnx_graph
-  proto = onnx_graph.sfmnet_to_onnx(model, variables, size, batch, doc="SFMNet face "
+  from sfmnet_jax.export import onnx_graph, onnx_model
+  proto = onnx_model.sfmnet_to_onnx(model, variables, size, batch, doc="SFMNet face "
                                     "super-resolution (sfmnet_jax export); see the "
                                     "sfmnet_jax.export metadata")
   session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])

@@ -6,12 +6,12 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from sfmnet_jax.export import onnx_graph, spectral
+from sfmnet_jax.export import onnx_graph, onnx_model, spectral
 from sfmnet_jax.model import blocks, layers
 
 
 def _run(fn, x, outputs=("y",), dynamic=True):
-  model = onnx_graph.to_onnx(fn, x.shape, outputs, input_name="x", dynamic_batch=dynamic)
+  model = onnx_model.to_onnx(fn, x.shape, outputs, input_name="x", dynamic_batch=dynamic)
   session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
   return session.run(None, {"x": x}), model
 
@@ -104,7 +104,7 @@ def test_nan_to_num_and_selects_keep_jaxs_values_on_non_finite_input():
 
 def test_a_primitive_without_conversion_is_an_error_naming_it():
   with pytest.raises(onnx_graph.UnsupportedPrimitive, match="'sort'"):
-    onnx_graph.to_onnx(lambda t: jnp.sort(t, axis=-1), (1, 4, 4, 3), ("y",))
+    onnx_model.to_onnx(lambda t: jnp.sort(t, axis=-1), (1, 4, 4, 3), ("y",))
 
 
 def test_slices_in_a_fixed_batch_graph():

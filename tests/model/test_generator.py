@@ -27,27 +27,16 @@ def test_golden_vector_both_outputs(golden, golden_model):
   assert np.abs(golden["img_out"] - golden["lr_up"]).max() > 1e-2
 
 
-def test_dft_transform_loss_and_gradients_equal_the_release(golden_model):
-  """`spectral_transform="dft"` (what TPUs run) with the golden weights: the release's
-  PSNR-stage loss, its terms and its gradients (median over tensors within 1e-5) at the
-  gradient golden's input, where the release is stable (the golden vector's own input sits
-  at phase jumps, where any two numerical paths part: tests/export/test_export.py)."""
-  model, variables = golden_model
-  dft = model.clone(spectral_transform="dft")
-  lr_up, hr, want = release_gradients()
-  (loss, terms), grads = _psnr_loss_and_grads(dft, variables["params"], lr_up, hr)
-  want_loss, want_terms = release_loss()
-  np.testing.assert_allclose(float(loss), want_loss, rtol=1e-6)
-  for name, value in want_terms.items():
-    np.testing.assert_allclose(float(terms[name]), value, rtol=1e-5, err_msg=name)
-  assert median_relative_error(params_to_state_dict(grads), want) <= 1e-5
-
-
-def test_exact_mode_loss_and_gradients_equal_the_release(golden_model):
+@pytest.mark.parametrize("transform", ["fft", "dft"])
+def test_exact_mode_loss_and_gradients_equal_the_release(golden_model, transform):
   """The PSNR-stage loss and its gradient for every parameter tensor, made by the release
   (tests/fixtures/make_gradient_golden.py, at an input where the release is stable), with
-  XLA's ops: the median over tensors of |g - g_release| / |g_release| is within 1e-5."""
+  XLA's ops, the FreqBlocks' transforms by FFT or by DFT products (what TPUs run): the
+  median over tensors of |g - g_release| / |g_release| is within 1e-5. (The golden
+  vector's own input sits at phase jumps, where any two numerical paths part:
+  tests/export/test_export.py.)"""
   model, variables = golden_model
+  model = model.clone(spectral_transform=transform)
   lr_up, hr, want = release_gradients()
   (loss, terms), grads = _psnr_loss_and_grads(model, variables["params"], lr_up, hr)
   want_loss, want_terms = release_loss()
