@@ -173,7 +173,7 @@ def run_pair(worker: ReleaseWorker, cfg, train, test, log=print, keep_dir=None) 
   lo = (test["hr"].shape[1] - PROBE_SIZE) // 2
   probe = {k: test[k][:cfg.batch_size, lo:lo + PROBE_SIZE, lo:lo + PROBE_SIZE]
            for k in ("lr_up", "hr")}
-  PROBE_NOISE = np.float32(1e-6) * np.random.default_rng(0).standard_normal(  # noqa: N806
+  probe_noise = np.float32(1e-6) * np.random.default_rng(0).standard_normal(
       probe["lr_up"].shape).astype(np.float32)
   probe_file = worker.path("probe")
   np.savez(probe_file, **probe)
@@ -187,7 +187,7 @@ def run_pair(worker: ReleaseWorker, cfg, train, test, log=print, keep_dir=None) 
     port_grads = port.gradients_at(release_generator, probe)
     # The floor under which a difference means nothing: the port against itself when the
     # faces move by 1e-6 (a spectrum bin near its phase jump moves far more than that).
-    noisy = {**probe, "lr_up": probe["lr_up"] + PROBE_NOISE}
+    noisy = {**probe, "lr_up": probe["lr_up"] + probe_noise}
     floor = stats.gradient_agreement(port_grads, port.gradients_at(release_generator, noisy))
     return {**stats.gradient_agreement(release_grads, port_grads),
             "noise_floor": {k: floor[k] for k in ("median_rel_diff", "worst_rel_diff", "cosine")}}
