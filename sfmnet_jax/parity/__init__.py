@@ -6,6 +6,9 @@ beside this package's.
 - `worker.py`: the release side in another Python (with torch), over a line protocol.
 - `release_side/`: that worker's own code, which imports the checkout's `models/` and
   loss classes (a folder of its own: nothing beside it shadows a module torch imports).
+- `port_side.py`: the port's side of a twin (its train step from the other side's weights).
+- `port_worker.py`: the port itself behind the worker's protocol, in another numerical mode
+  (`--reference=port:...`: two modes of the port as a twin, no release needed).
 - `twin.py`: both sides trained from the same init on the same batches.
 - `stats.py`: the twin's statistics (pure numpy/scipy): where curves part, parameter
   distances, the paired equivalence test.

@@ -90,13 +90,19 @@ class PortSide:
     names = ("generator", "d_spa", "d_fre") if self.cfg.stage == "gan" else ("generator",)
     return {n: flat(self.devices.unreplicate(getattr(self.state, n)["params"])) for n in names}
 
-  def predict(self, lr_up: np.ndarray) -> np.ndarray:
+  def outputs(self, lr_up: np.ndarray):
+    """(img_out, img_fre) of the current generator on `lr_up` (NHWC), in batches of 8."""
     from sfmnet_jax.model.generator import jitted_apply  # pylint: disable=g-import-not-at-top
     params = self.devices.unreplicate(self.state.generator["params"])
     apply = jitted_apply(self.model)
-    outs = []
+    outs = ([], [])
     for i in range(0, len(lr_up), 8):
       chunk = lr_up[i:i + 8]
       padded = np.concatenate([chunk, np.zeros((8 - len(chunk),) + chunk.shape[1:], np.float32)])
-      outs.append(np.asarray(apply({"params": params}, padded)[0])[:len(chunk)])
-    return np.concatenate(outs)
+      for kept, image in zip(outs, apply({"params": params}, padded)):
+        kept.append(np.asarray(image)[:len(chunk)])
+    return tuple(np.concatenate(kept) for kept in outs)
+
+  def predict(self, lr_up: np.ndarray) -> np.ndarray:
+    """img_out of the current generator on `lr_up` (NHWC)."""
+    return self.outputs(lr_up)[0]

@@ -46,26 +46,32 @@ def _number(value, spec):
   return "n/a" if value is None else format(value, spec)
 
 
+def reference_label(result: dict) -> str:
+  """What the twin's reference side (its "release" entries) was: "release" or "port (...)"."""
+  return result.get("reference", {}).get("label", "release")
+
+
 def write(result: dict, pairs: List[dict], output: str, log=print) -> None:
   name = "twin_seeds.json" if len(pairs) > 1 else "twin.json"
+  ref = reference_label(result)
   if len(pairs) > 1:
     result = {**result, "pairs": pairs}
   with open(os.path.join(output, name), "w") as f:
     json.dump(result, f, indent=1)
-  plot_losses(pairs[0], os.path.join(output, "twin_losses.png"))
-  plot_psnr(pairs[0], os.path.join(output, "twin_psnr.png"))
+  plot_losses(pairs[0], os.path.join(output, "twin_losses.png"), ref)
+  plot_psnr(pairs[0], os.path.join(output, "twin_psnr.png"), ref)
   if "seeds_study" in result:
     plot_differences(result["seeds_study"]["equivalence"],
-                     os.path.join(output, "twin_differences.png"))
+                     os.path.join(output, "twin_differences.png"), ref)
   r, p = result["release"], result["port"]
   log(f"first divergence (>1%): {result['first_divergence_step']}; median relative loss "
       f"difference {result['median_rel_loss_diff']:.4%}")
-  log(f"final test PSNR/SSIM: release {r['psnr']:.3f} / {r['ssim']:.4f}, port {p['psnr']:.3f} "
+  log(f"final test PSNR/SSIM: {ref} {r['psnr']:.3f} / {r['ssim']:.4f}, port {p['psnr']:.3f} "
       f"/ {p['ssim']:.4f} (bicubic {r['bicubic_psnr']:.3f} / {r['bicubic_ssim']:.4f}); "
-      f"seconds per step: release {r['seconds_per_step']:.3f}, port {p['seconds_per_step']:.3f}")
+      f"seconds per step: {ref} {r['seconds_per_step']:.3f}, port {p['seconds_per_step']:.3f}")
   last = result["evals"][-1]
   ratio, distance = result["abs_psnr_diff_over_gain"], last["parameters"]["generator"]["global"]
-  log(f"gains over bicubic: release {r['psnr_gain']:+.3f} dB, port {p['psnr_gain']:+.3f} dB; "
+  log(f"gains over bicubic: {ref} {r['psnr_gain']:+.3f} dB, port {p['psnr_gain']:+.3f} dB; "
       f"|difference| / gain {_number(ratio, '.3f')}; outputs "
       f"{last['outputs']['psnr_between']:.1f} dB apart; parameter distance "
       f"{_number(distance, '.4f')}")
@@ -73,10 +79,10 @@ def write(result: dict, pairs: List[dict], output: str, log=print) -> None:
     s = result["seeds_study"]
     for metric in ("psnr_gain", "ssim_gain"):
       m = s[metric]
-      log(f"{metric} over {s['pairs']} pairs: release {m['release']['mean']:.4f} +- "
+      log(f"{metric} over {s['pairs']} pairs: {ref} {m['release']['mean']:.4f} +- "
           f"{m['release']['std']:.4f}, port {m['port']['mean']:.4f} +- {m['port']['std']:.4f}")
     e = s["equivalence"]
-    log(f"paired PSNR-gain difference (port - release) {e['mean_difference']:+.4f} dB, "
+    log(f"paired PSNR-gain difference (port - {ref}) {e['mean_difference']:+.4f} dB, "
         f"{e['confidence']:.0%} interval [{e['interval'][0]:+.4f}, {e['interval'][1]:+.4f}] dB, "
         f"margin +-{e['margin']} dB: {e['verdict']}")
   log(f"wrote {os.path.join(output, name)}, twin_losses.png, twin_psnr.png"
@@ -90,8 +96,9 @@ def _pyplot():
   return plt
 
 
-def plot_losses(pair: dict, path: str) -> None:
-  """Every loss term of both sides per step, log scale (release solid, port dashed)."""
+def plot_losses(pair: dict, path: str, ref: str = "release") -> None:
+  """Every loss term of both sides per step, log scale (the reference `ref` solid, the port
+  dashed)."""
   plt = _pyplot()
   terms = [k for k in pair["curves"]["release"][0] if k not in ("seconds", "finite")]
   fig, ax = plt.subplots(figsize=(9, 5.5))
@@ -101,24 +108,25 @@ def plot_losses(pair: dict, path: str) -> None:
       values = [abs(c[term]) for c in pair["curves"][side] if term in c]
       if values:
         ax.plot(np.arange(1, len(values) + 1), values, style, color=colour, linewidth=1,
-                label=f"{term} ({side})")
+                label=f"{term} ({ref if side == 'release' else side})")
   ax.set_yscale("log")
   ax.set_xlabel("step")
   ax.set_ylabel("loss")
-  ax.set_title(f"Twin training, seed {pair['seed']}: release (solid) and port (dashed)")
+  ax.set_title(f"Twin training, seed {pair['seed']}: {ref} (solid) and port (dashed)")
   ax.legend(fontsize=7, ncol=2)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
 
 
-def plot_psnr(pair: dict, path: str) -> None:
+def plot_psnr(pair: dict, path: str, ref: str = "release") -> None:
   """Test PSNR of both sides (and bicubic) at every evaluation."""
   plt = _pyplot()
   steps = [e["step"] for e in pair["evals"]]
   fig, ax = plt.subplots(figsize=(7, 4.5))
   for side, style in (("release", "o-"), ("port", "s--")):
-    ax.plot(steps, [e[side]["psnr"] for e in pair["evals"]], style, label=side)
+    ax.plot(steps, [e[side]["psnr"] for e in pair["evals"]], style,
+            label=ref if side == "release" else side)
   ax.axhline(pair["evals"][-1]["release"]["bicubic_psnr"], color="grey", linewidth=1,
              label="bicubic")
   ax.set_xlabel("step")
@@ -129,13 +137,13 @@ def plot_psnr(pair: dict, path: str) -> None:
   plt.close(fig)
 
 
-def plot_differences(equivalence: dict, path: str) -> None:
-  """Each pair's PSNR-gain difference (port - release), their mean with its confidence
+def plot_differences(equivalence: dict, path: str, ref: str = "release") -> None:
+  """Each pair's PSNR-gain difference (port - the reference `ref`), their mean with its confidence
   interval, and the equivalence margin: centred on zero or to one side."""
   plt = _pyplot()
   d = equivalence["differences"]
   fig, ax = plt.subplots(figsize=(7, 2.8))
-  ax.plot(d, np.zeros(len(d)), "o", alpha=0.7, label="pairs (port - release)")
+  ax.plot(d, np.zeros(len(d)), "o", alpha=0.7, label=f"pairs (port - {ref})")
   low, high = equivalence["interval"]
   ax.errorbar([equivalence["mean_difference"]], [0.4],
               xerr=[[equivalence["mean_difference"] - low], [high - equivalence["mean_difference"]]],

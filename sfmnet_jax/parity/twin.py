@@ -27,8 +27,9 @@ import json
 import os
 import shutil
 import statistics
+import sys
 import time
-from typing import Dict
+from typing import Dict, Sequence
 
 import numpy as np
 
@@ -129,11 +130,22 @@ def load_data(cfg):
   return train, {k: np.concatenate(v) for k, v in parts.items()}
 
 
-def run_pair(worker: ReleaseWorker, cfg, train, test, log=print, keep_dir=None) -> dict:
-  """One twin of `cfg` (its seed): both sides from the release's init, fed the same batches
-  (see the module doc). With `keep_dir`, both sides' final generators are written there as
-  release state_dicts (`release_generator.npz`, `port_generator.npz`: what `init_from`
-  takes)."""
+def port_initial_generator(cfg) -> Dict[str, np.ndarray]:
+  """The port's own initial generator for the config's seed (`model.init_variables`:
+  PyTorch's default distributions, JAX's random draw) as a state_dict the release loads."""
+  from sfmnet_jax.model.generator import SFMNet, init_generator  # pylint: disable=g-import-not-at-top
+  from sfmnet_jax.weights import release  # pylint: disable=g-import-not-at-top
+  plain = SFMNet(num_features=cfg.model.num_features, num_resblocks=cfg.model.num_resblocks)
+  return release.release_loadable(
+      release.params_to_state_dict(init_generator(plain, cfg.seed)["params"]))
+
+
+def run_pair(worker: ReleaseWorker, cfg, train, test, log=print, keep_dir=None,
+             init="release") -> dict:
+  """One twin of `cfg` (its seed): both sides from the release's init (`init="port"`: from
+  the port's, which both load), fed the same batches (see the module doc). With
+  `keep_dir`, both sides' final generators are written there as release state_dicts
+  (`release_generator.npz`, `port_generator.npz`: what `init_from` takes)."""
   import jax  # pylint: disable=g-import-not-at-top
   from sfmnet_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   from sfmnet_jax.weights.release import read_state_dict  # pylint: disable=g-import-not-at-top
@@ -141,13 +153,16 @@ def run_pair(worker: ReleaseWorker, cfg, train, test, log=print, keep_dir=None) 
   if cfg.init_from:
     generator = worker.path("init_from")
     np.savez(generator, **read_state_dict(cfg.init_from))
+  elif init == "port":
+    generator = worker.path("init_from")
+    np.savez(generator, **port_initial_generator(cfg))
   init = worker.path("init")
   info = worker.call(
       "init", stage=cfg.stage, width=cfg.model.num_features,
       num_resblocks=cfg.model.num_resblocks, seed=cfg.seed, lr=cfg.optimizer.learning_rate,
       betas=[cfg.optimizer.b1, cfg.optimizer.b2], eps=cfg.optimizer.eps,
       fft_weight=cfg.loss.freq_weight, fftd_weight=cfg.loss.adv_frequency_weight,
-      generator=generator, vgg=cfg.perceptual.weights, out=init)
+      generator=generator, vgg=cfg.perceptual.weights, out=init, config=cfg.to_dict())
   with np.load(init) as d:
     initial = release_networks({k: d[k] for k in d.files}, cfg)
   port = PortSide(cfg, initial)
@@ -240,12 +255,13 @@ def run_pair(worker: ReleaseWorker, cfg, train, test, log=print, keep_dir=None) 
           "min left in this pair")
   evaluate(steps)
   if keep_dir:
-    from sfmnet_jax.weights.release import params_to_state_dict  # pylint: disable=g-import-not-at-top
+    from sfmnet_jax.weights.release import params_to_state_dict, release_loadable  # pylint: disable=g-import-not-at-top
     os.makedirs(keep_dir, exist_ok=True)
     np.savez(os.path.join(keep_dir, "release_generator.npz"),
              **part(release_weights(), "generator"))
     port_params = port.jax.device_get(port.devices.unreplicate(port.state.generator["params"]))
-    np.savez(os.path.join(keep_dir, "port_generator.npz"), **params_to_state_dict(port_params))
+    np.savez(os.path.join(keep_dir, "port_generator.npz"),
+             **release_loadable(params_to_state_dict(port_params)))
   summary = stats.compare_curves([c["total"] for c in curves["release"]],
                                  [c["total"] for c in curves["port"]])
   terms = stats.term_divergence([c["terms"] for c in curves["release"]],
@@ -292,16 +308,44 @@ def _load_pair(output, seed, key):
   return saved["pair"] if saved.get("key") == json.loads(json.dumps(key)) else None
 
 
+def port_reference(changes: Sequence[str]) -> dict:
+  """The reference side as the port itself with config `changes` ("model.conv_impl=xla",
+  ...): the worker command (`port_worker.py`) and the label the report uses."""
+  if not changes:
+    raise ConfigUnsupported("the port as reference needs at least one FIELD=VALUE")
+  return {"kind": "port", "changes": list(changes),
+          "label": f"port ({', '.join(changes)})",
+          "command": [sys.executable, "-m", "sfmnet_jax.parity.port_worker"]
+                     + [f"--set={c}" for c in changes]}
+
+
 def run(config, release_dir, output, *, seeds=1, margin_db=0.05, release_python="python",
-        worker_command=None, log=print) -> dict:
+        worker_command=None, reference=None, init="release", log=print) -> dict:
   """The twin of `config` (or `seeds` twins, seeds config.seed, config.seed + 1, ...) with
   its report and pictures in `output`; finished pairs are kept in `output/pairs/` and
-  reused by the same command run again."""
+  reused by the same command run again. `reference` (from `port_reference`) puts the port
+  in another numerical mode where the release would be (its entries keep the name
+  "release" in the JSON; `reference` says what ran there; both start from the port's initial
+  generator). `init="port"` starts both sides of a PSNR-stage pair from the port's initial
+  generator for its seed instead of the release's (PyTorch's draw)."""
   cfg = config.copy_and_resolve_references()
   check_config(cfg)
+  if init not in ("release", "port"):
+    raise ConfigUnsupported(f"init is release or port, not {init!r}")
+  if init == "port" and cfg.init_from:
+    raise ConfigUnsupported("init=port and init_from both choose the initial generator")
+  if reference is not None:
+    if cfg.stage != "psnr":
+      raise ConfigUnsupported("the port as reference trains the PSNR stage only")
+    worker_command, init = reference["command"], "port"
   cfg.gan.release_perceptual_detach = cfg.gan.release_dfre_detach = True  # the release's
   os.makedirs(output, exist_ok=True)
   notes = dict(RELEASE_BEHAVIOUR)
+  if cfg.init_from:
+    notes["init"] = f"the generator in {cfg.init_from}, loaded by both sides"
+  elif init == "port":
+    notes["init"] = ("the port's initial generator for the seed (model.init_variables: "
+                     "PyTorch's default distributions, JAX's draw), loaded by both sides")
   if cfg.stage == "gan":
     if not cfg.perceptual.weights or cfg.perceptual.weights == "random":
       cfg.perceptual.weights = random_vgg19(os.path.join(output, "random_vgg19.npz"))
@@ -323,6 +367,10 @@ def run(config, release_dir, output, *, seeds=1, margin_db=0.05, release_python=
       seed_cfg.seed = cfg.seed + k
       # What makes two runs of a pair the same run: the config (with its seed).
       key = seed_cfg.to_dict()
+      if reference is not None:
+        key["reference"] = reference["changes"]
+      if init != "release":
+        key["init"] = init
       t0 = time.perf_counter()
       log(f"pair {k + 1}/{seeds} (seed {seed_cfg.seed})")
       done = _load_pair(output, seed_cfg.seed, key)
@@ -331,7 +379,7 @@ def run(config, release_dir, output, *, seeds=1, margin_db=0.05, release_python=
         pairs.append(done)
         continue
       pairs.append(run_pair(worker, seed_cfg, train, test, log,
-                            keep_dir=_pair_dir(output, seed_cfg.seed)))
+                            keep_dir=_pair_dir(output, seed_cfg.seed), init=init))
       _save_pair(output, seed_cfg.seed, key, pairs[-1])
       if k + 1 < seeds:
         log(f"  pair took {(time.perf_counter() - t0) / 60:.1f} min: about "
@@ -341,6 +389,10 @@ def run(config, release_dir, output, *, seeds=1, margin_db=0.05, release_python=
     shutil.rmtree(os.path.join(output, "exchange"), ignore_errors=True)
   result = {**pairs[0], "config": cfg.to_dict(), "release_dir": release_dir,
             "release_behaviour": notes}
+  if reference is not None:
+    result.update(reference={k: reference[k] for k in ("kind", "changes", "label")},
+                  release_dir=None, initialisation=notes.pop("init"))
+    result.pop("release_behaviour")
   if seeds > 1:
     result["seeds_study"] = report.seeds_study(pairs, margin_db)
   report.write(result, pairs, output, log)

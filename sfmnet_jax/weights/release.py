@@ -63,6 +63,18 @@ def params_to_state_dict(params) -> Dict[str, np.ndarray]:
   return dict(to_release_name(path, value) for path, value in flat.items())
 
 
+def release_loadable(state_dict: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
+  """A port-made state_dict that the release's strict `load_state_dict` takes: with the
+  FuseBlocks' `spa_att` entries, which the release defines but never calls, as copies of
+  their `fre_att` (values without effect on the release's outputs or training)."""
+  out = dict(state_dict)
+  for name, value in state_dict.items():
+    match = re.match(r"^(conv_fuse\.\d+\.)fre_att\.(.*)$", name)
+    if match:
+      out.setdefault(f"{match.group(1)}spa_att.{match.group(2)}", value)
+  return out
+
+
 def infer_architecture(state_dict: Mapping[str, np.ndarray]) -> Dict[str, int]:
   """`num_features` and `num_resblocks` from the shapes and names of a release state_dict."""
   key = "head.0.layers.weight"

@@ -58,8 +58,12 @@ def main():
       from sfmnet_jax.weights.release import params_to_state_dict  # pylint: disable=g-import-not-at-top
       width, num_resblocks = msg["width"], msg["num_resblocks"]
       model = SFMNet(num_features=width, num_resblocks=num_resblocks)
-      params = init_generator(model, msg["seed"])["params"]
-      weights = {f"generator/{k}": v for k, v in params_to_state_dict(params).items()}
+      if msg.get("generator"):  # as the release: a given generator replaces the init
+        with np.load(msg["generator"]) as d:
+          weights = {f"generator/{k}": d[k] for k in d.files}
+      else:
+        params = init_generator(model, msg["seed"])["params"]
+        weights = {f"generator/{k}": v for k, v in params_to_state_dict(params).items()}
       steps = 0
       np.savez(msg["out"], **weights)
       answer = {"device": "fake", "torch": None}

@@ -213,6 +213,74 @@ def test_harness_against_a_fake_release(folders, tmp_path, monkeypatch):
   assert twin._load_pair(str(out), 0, {"other": "settings"}) is None  # pylint: disable=protected-access
 
 
+def test_the_port_as_reference_trains_against_itself(folders, tmp_path):
+  """`--reference=port:...`: the port's worker (another process) in the port's own mode
+  trains exactly as the port does, from its own initial weights round-tripped through the
+  release's state_dict names (every loss, output and parameter equal); the report says what
+  the reference was. A field the config lacks is refused by the worker, by name."""
+  cfg = _config(folders)
+  reference = twin.port_reference([f"model.cpu_trig={cfg.model.cpu_trig}"])
+  result = twin.run(cfg, None, str(tmp_path / "same"), reference=reference, log=lambda *a: None)
+  assert result["reference"] == {"kind": "port", "changes": ["model.cpu_trig=poly"],
+                                 "label": "port (model.cpu_trig=poly)"}
+  assert "release_behaviour" not in result and result["release_dir"] is None
+  assert "port's initial generator" in result["initialisation"]
+  assert result["max_rel_loss_diff"] <= 1e-6
+  for side in ("release", "port"):
+    assert all(c["finite"] for c in result["curves"][side])
+  from sfmnet_jax.model.generator import SFMNet, init_generator  # pylint: disable=g-import-not-at-top
+  from sfmnet_jax.weights.release import params_to_state_dict  # pylint: disable=g-import-not-at-top
+  init = params_to_state_dict(init_generator(SFMNet(num_features=8, num_resblocks=1), 0)["params"])
+  kept = dict(np.load(tmp_path / "same" / "pairs" / "seed0" / "release_generator.npz"))
+  moved = np.sqrt(sum(np.sum((kept[k].astype(np.float64) - init[k]) ** 2) for k in init))
+  assert moved > 0  # the reference trained from the port's initial weights
+  for e in result["evals"]:
+    assert e["outputs"]["max_abs_diff"] <= 1e-6, e["outputs"]
+    assert e["parameters"]["generator"]["apart"] <= 1e-6 * max(moved, 1.0)
+    assert e["gradients"]["median_rel_diff"] <= 1e-6
+  with pytest.raises(ReleaseUnavailable, match="no config field model.nope"):
+    twin.run(cfg, None, str(tmp_path / "bad"), reference=twin.port_reference(["model.nope=1"]),
+             log=lambda *a: None)
+  with pytest.raises(twin.ConfigUnsupported, match="FIELD=VALUE"):
+    twin.port_reference([])
+
+
+def test_both_sides_can_start_from_the_ports_initial_generator(folders, tmp_path):
+  """`init="port"`: the release side is handed the port's initial generator for the seed
+  (the fake, as the release, loads it and moves it by STEP_SIZE per step); `init_from` and
+  `init="port"` together are refused."""
+  cfg = _config(folders, num_train_steps=1, eval_every=0, seed=5)
+  result = twin.run(cfg, None, str(tmp_path), worker_command=FAKE, init="port",
+                    log=lambda *a: None)
+  assert "port's initial generator" in result["release_behaviour"]["init"]
+  start = twin.port_initial_generator(cfg)
+  kept = dict(np.load(tmp_path / "pairs" / "seed5" / "release_generator.npz"))
+  assert set(kept) == set(start)
+  for k in start:
+    np.testing.assert_allclose(kept[k], start[k] + np.float32(fake_release.STEP_SIZE),
+                               rtol=0, atol=1e-6)
+  assert result["evals"][0]["parameters"]["generator"]["apart"] == 0.0
+  with pytest.raises(twin.ConfigUnsupported, match="both choose"):
+    twin.run(_config(folders, init_from="x.npz"), None, str(tmp_path), worker_command=FAKE,
+             init="port")
+
+
+def test_the_port_workers_config_changes(folders):
+  """The reference's `--set` changes land on the twin's config (literals parsed, strings
+  kept); malformed or unknown fields are refused by name."""
+  from sfmnet_jax.parity import port_worker  # pylint: disable=g-import-not-at-top
+  cfg = _config(folders)
+  changes = port_worker.overrides(["model.conv_impl=xla", "optimizer.eps=1e-6", "seed=3"])
+  assert changes == {("model", "conv_impl"): "xla", ("optimizer", "eps"): 1e-6, ("seed",): 3}
+  changed = port_worker.configure(cfg.to_dict(), changes)
+  assert (changed.model.conv_impl, changed.optimizer.eps, changed.seed) == ("xla", 1e-6, 3)
+  assert changed.model.num_features == 8 and cfg.model.conv_impl == "auto"
+  with pytest.raises(ValueError, match="FIELD=VALUE"):
+    port_worker.overrides(["model.conv_impl"])
+  with pytest.raises(ValueError, match="no config field data.nope.deeper"):
+    port_worker.configure(cfg.to_dict(), {("data", "nope", "deeper"): 1})
+
+
 def test_configs_the_release_cannot_train_are_refused(folders, tmp_path):
   for overrides, message in (({"optimizer.lr_decay_steps": (10,)}, "constant learning rate"),
                              ({"model.share_fusion_attention": False}, "shares the fusion"),

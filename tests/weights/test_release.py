@@ -42,6 +42,13 @@ def test_release_state_dict_counts_and_export_roundtrip(golden):
   assert set(exported) == {k for k in sd if ".spa_att." not in k}
   for k, v in exported.items():
     np.testing.assert_array_equal(v, sd[k])
+  # What the release's strict load_state_dict takes: every name of its state_dict, in its
+  # shapes, the unused spa_att as copies of fre_att (a paper-variant export keeps its own).
+  loadable = release_weights.release_loadable(exported)
+  assert {k: v.shape for k, v in loadable.items()} == {k: v.shape for k, v in sd.items()}
+  np.testing.assert_array_equal(loadable["conv_fuse.3.spa_att.q.weight"],
+                                sd["conv_fuse.3.fre_att.q.weight"])
+  assert release_weights.release_loadable(sd) == sd
   # At the release size: 8,799,622 values, 253,680 of them in spa_att.
   full = SFMNet(share_fusion_attention=False)
   shapes = abstract_variables(full)["params"]
