@@ -28,6 +28,7 @@ import os
 import shutil
 import statistics
 import sys
+import tempfile
 import time
 from typing import Dict, Sequence
 
@@ -358,7 +359,10 @@ def run(config, release_dir, output, *, seeds=1, margin_db=0.05, release_python=
   log(f"twin: {cfg.stage} stage, width {cfg.model.num_features}, x{cfg.data.scale}, batch "
       f"{cfg.batch_size}, {cfg.num_train_steps} steps, {train.num_examples} training and "
       f"{len(test['hr'])} test faces")
-  worker = ReleaseWorker(release_dir, release_python, os.path.join(output, "exchange"),
+  # One exchange folder per run: a second run into the same output (resuming its pairs)
+  # must not remove the files of one still running.
+  exchange = tempfile.mkdtemp(prefix="exchange_", dir=output)
+  worker = ReleaseWorker(release_dir, release_python, exchange,
                          command=worker_command)
   pairs = []
   try:
@@ -386,7 +390,7 @@ def run(config, release_dir, output, *, seeds=1, margin_db=0.05, release_python=
             f"{(time.perf_counter() - t0) * (seeds - k - 1) / 60:.0f} min left")
   finally:
     worker.close()
-    shutil.rmtree(os.path.join(output, "exchange"), ignore_errors=True)
+    shutil.rmtree(exchange, ignore_errors=True)
   result = {**pairs[0], "config": cfg.to_dict(), "release_dir": release_dir,
             "release_behaviour": notes}
   if reference is not None:
