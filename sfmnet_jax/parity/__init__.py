@@ -10,6 +10,7 @@ beside this package's.
 - `port_worker.py`: the port itself behind the worker's protocol, in another numerical mode
   (`--reference=port:...`: two modes of the port as a twin, no release needed).
 - `twin.py`: both sides trained from the same init on the same batches.
+- `pairs.py`: a study's finished pairs, kept with their settings and resumed.
 - `stats.py`: the twin's statistics (pure numpy/scipy): where curves part, parameter
   distances, the paired equivalence test.
 - `report.py`: the twin's JSON and pictures.

@@ -33,6 +33,16 @@ def release_networks(weights: Dict[str, np.ndarray], cfg) -> Dict[str, Dict[str,
   return out
 
 
+def port_initial_generator(cfg) -> Dict[str, np.ndarray]:
+  """The port's own initial generator for the config's seed (`model.init_variables`:
+  PyTorch's default distributions, JAX's random draw) as a state_dict the release loads."""
+  from sfmnet_jax.model.generator import SFMNet, init_generator  # pylint: disable=g-import-not-at-top
+  from sfmnet_jax.weights import release  # pylint: disable=g-import-not-at-top
+  plain = SFMNet(num_features=cfg.model.num_features, num_resblocks=cfg.model.num_resblocks)
+  return release.release_loadable(
+      release.params_to_state_dict(init_generator(plain, cfg.seed)["params"]))
+
+
 class PortSide:
   """This package's train step (`steps.pmap_train_step`, as `train.py` runs it) from the
   release's initial weights."""

@@ -70,21 +70,19 @@ class PortReference:
 
   def init(self, msg):
     import jax  # pylint: disable=g-import-not-at-top
-    from sfmnet_jax.model.generator import SFMNet, init_generator  # pylint: disable=g-import-not-at-top
-    from sfmnet_jax.parity.port_side import PortSide, flat  # pylint: disable=g-import-not-at-top
+    from sfmnet_jax.parity.port_side import PortSide, port_initial_generator, release_networks  # pylint: disable=g-import-not-at-top
     if "config" not in msg:
       raise ValueError("init needs the twin's config (`config`)")
     cfg = configure(msg["config"], self.changes)
     if cfg.stage != "psnr":
       raise ValueError("the port as reference trains the PSNR stage only")
-    plain = SFMNet(num_features=cfg.model.num_features, num_resblocks=cfg.model.num_resblocks)
     if msg.get("generator"):  # the twin's chosen start (a release state_dict)
-      from sfmnet_jax.weights.release import state_dict_to_params  # pylint: disable=g-import-not-at-top
       with np.load(msg["generator"]) as d:
-        params = state_dict_to_params({k: d[k] for k in d.files}, plain)
+        start = {k: d[k] for k in d.files}
     else:
-      params = init_generator(plain, cfg.seed)["params"]
-    self.side = PortSide(cfg, {"generator": flat(params)})
+      start = port_initial_generator(cfg)
+    initial = release_networks({f"generator/{k}": v for k, v in start.items()}, cfg)
+    self.side = PortSide(cfg, initial)
     self.weights({"out": msg["out"]})
     return {"device": str(jax.devices()[0].device_kind), "torch": None,
             "mode": {".".join(k): v for k, v in self.changes.items()}}

@@ -23,7 +23,6 @@ PyTorch initialisation. The GAN stage starts G from `init_from` (a release
 VGG19 written to the output folder and loaded by both.
 """
 
-import json
 import os
 import shutil
 import statistics
@@ -34,8 +33,8 @@ from typing import Dict, Sequence
 
 import numpy as np
 
-from sfmnet_jax.parity import report, stats
-from sfmnet_jax.parity.port_side import PortSide, part, release_networks
+from sfmnet_jax.parity import pairs, report, stats
+from sfmnet_jax.parity.port_side import PortSide, part, port_initial_generator, release_networks
 from sfmnet_jax.parity.worker import ReleaseWorker
 
 RELEASE_BEHAVIOUR = {
@@ -129,16 +128,6 @@ def load_data(cfg):
     for k in parts:
       parts[k].append(batch[k].reshape(-1, *batch[k].shape[2:])[keep])
   return train, {k: np.concatenate(v) for k, v in parts.items()}
-
-
-def port_initial_generator(cfg) -> Dict[str, np.ndarray]:
-  """The port's own initial generator for the config's seed (`model.init_variables`:
-  PyTorch's default distributions, JAX's random draw) as a state_dict the release loads."""
-  from sfmnet_jax.model.generator import SFMNet, init_generator  # pylint: disable=g-import-not-at-top
-  from sfmnet_jax.weights import release  # pylint: disable=g-import-not-at-top
-  plain = SFMNet(num_features=cfg.model.num_features, num_resblocks=cfg.model.num_resblocks)
-  return release.release_loadable(
-      release.params_to_state_dict(init_generator(plain, cfg.seed)["params"]))
 
 
 def run_pair(worker: ReleaseWorker, cfg, train, test, log=print, keep_dir=None,
@@ -287,28 +276,6 @@ def run_pair(worker: ReleaseWorker, cfg, train, test, log=print, keep_dir=None,
           "evals": evals}
 
 
-def _pair_dir(output, seed):
-  return os.path.join(output, "pairs", f"seed{seed}")
-
-
-def _save_pair(output, seed, key, pair):
-  path = os.path.join(_pair_dir(output, seed), "pair.json")
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path + ".tmp", "w") as f:
-    json.dump({"key": key, "pair": pair}, f)
-  os.replace(path + ".tmp", path)
-
-
-def _load_pair(output, seed, key):
-  """The pair of `seed` run earlier into `output` with the same settings, or None."""
-  try:
-    with open(os.path.join(_pair_dir(output, seed), "pair.json")) as f:
-      saved = json.load(f)
-  except (OSError, ValueError):
-    return None
-  return saved["pair"] if saved.get("key") == json.loads(json.dumps(key)) else None
-
-
 def port_reference(changes: Sequence[str]) -> dict:
   """The reference side as the port itself with config `changes` ("model.conv_impl=xla",
   ...): the worker command (`port_worker.py`) and the label the report uses."""
@@ -364,7 +331,7 @@ def run(config, release_dir, output, *, seeds=1, margin_db=0.05, release_python=
   exchange = tempfile.mkdtemp(prefix="exchange_", dir=output)
   worker = ReleaseWorker(release_dir, release_python, exchange,
                          command=worker_command)
-  pairs = []
+  finished = []
   try:
     for k in range(seeds):
       seed_cfg = cfg.copy_and_resolve_references()
@@ -377,27 +344,27 @@ def run(config, release_dir, output, *, seeds=1, margin_db=0.05, release_python=
         key["init"] = init
       t0 = time.perf_counter()
       log(f"pair {k + 1}/{seeds} (seed {seed_cfg.seed})")
-      done = _load_pair(output, seed_cfg.seed, key)
+      done = pairs.load(output, seed_cfg.seed, key)
       if done is not None:
-        log(f"  resumed: {_pair_dir(output, seed_cfg.seed)} holds this pair's run")
-        pairs.append(done)
+        log(f"  resumed: {pairs.pair_dir(output, seed_cfg.seed)} holds this pair's run")
+        finished.append(done)
         continue
-      pairs.append(run_pair(worker, seed_cfg, train, test, log,
-                            keep_dir=_pair_dir(output, seed_cfg.seed), init=init))
-      _save_pair(output, seed_cfg.seed, key, pairs[-1])
+      finished.append(run_pair(worker, seed_cfg, train, test, log,
+                            keep_dir=pairs.pair_dir(output, seed_cfg.seed), init=init))
+      pairs.save(output, seed_cfg.seed, key, finished[-1])
       if k + 1 < seeds:
         log(f"  pair took {(time.perf_counter() - t0) / 60:.1f} min: about "
             f"{(time.perf_counter() - t0) * (seeds - k - 1) / 60:.0f} min left")
   finally:
     worker.close()
     shutil.rmtree(exchange, ignore_errors=True)
-  result = {**pairs[0], "config": cfg.to_dict(), "release_dir": release_dir,
+  result = {**finished[0], "config": cfg.to_dict(), "release_dir": release_dir,
             "release_behaviour": notes}
   if reference is not None:
     result.update(reference={k: reference[k] for k in ("kind", "changes", "label")},
                   release_dir=None, initialisation=notes.pop("init"))
     result.pop("release_behaviour")
   if seeds > 1:
-    result["seeds_study"] = report.seeds_study(pairs, margin_db)
-  report.write(result, pairs, output, log)
+    result["seeds_study"] = report.seeds_study(finished, margin_db)
+  report.write(result, finished, output, log)
   return result

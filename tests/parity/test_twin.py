@@ -17,7 +17,7 @@ import helpers
 from helpers import REPO
 from sfmnet_jax.data import demo_render
 from sfmnet_jax.data import pipeline
-from sfmnet_jax.parity import stats, twin
+from sfmnet_jax.parity import pairs, port_side, stats, twin
 from sfmnet_jax.parity.checkout import ReleaseUnavailable
 from sfmnet_jax.parity.worker import ReleaseWorker
 
@@ -210,7 +210,7 @@ def test_harness_against_a_fake_release(folders, tmp_path, monkeypatch):
   again = twin.run(cfg, None, str(out), seeds=2, worker_command=FAKE, log=lambda *a: None)
   assert again["seeds_study"] == study
   assert again["port"]["seconds_per_step"] == result["port"]["seconds_per_step"]
-  assert twin._load_pair(str(out), 0, {"other": "settings"}) is None  # pylint: disable=protected-access
+  assert pairs.load(str(out), 0, {"other": "settings"}) is None
 
 
 def test_the_port_as_reference_trains_against_itself(folders, tmp_path):
@@ -253,7 +253,7 @@ def test_both_sides_can_start_from_the_ports_initial_generator(folders, tmp_path
   result = twin.run(cfg, None, str(tmp_path), worker_command=FAKE, init="port",
                     log=lambda *a: None)
   assert "port's initial generator" in result["release_behaviour"]["init"]
-  start = twin.port_initial_generator(cfg)
+  start = port_side.port_initial_generator(cfg)
   kept = dict(np.load(tmp_path / "pairs" / "seed5" / "release_generator.npz"))
   assert set(kept) == set(start)
   for k in start:
